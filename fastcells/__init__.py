@@ -1,0 +1,9 @@
+"""fastcells: fused Triton kernels for LSTM, GRU and RNN cells and clip-by-global-norm,
+drop-in for torch.nn."""
+from . import functional, reference
+from .backend import use_backend
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
+
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "use_backend",
+           "functional", "reference"]
+__version__ = "0.1.0"

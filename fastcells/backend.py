@@ -1,0 +1,70 @@
+"""Backend choice: which implementation a fastcells op runs.
+
+``auto``      triton for CUDA tensors, native otherwise (the default)
+``triton``    the fused Triton kernels (CPU tensors only under TRITON_INTERPRET=1)
+``reference`` the plain-PyTorch math in :mod:`fastcells.reference`
+``native``    torch's own ops (cuDNN/oneDNN RNNs, torch.nn.utils.clip_grad_norm_)
+"""
+import contextlib
+import os
+import threading
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference", "native")
+ENV_VAR = "FASTCELLS_BACKEND"
+
+_state = threading.local()
+
+
+def _check_name(name):
+    if name not in BACKENDS:
+        raise ValueError(f"unknown fastcells backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    return name
+
+
+def default_backend():
+    """The backend in force: the innermost ``use_backend``, else ``FASTCELLS_BACKEND``, else auto."""
+    stack = getattr(_state, "stack", None)
+    if stack:
+        return stack[-1]
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        try:
+            return _check_name(env)
+        except ValueError as e:
+            raise ValueError(f"{ENV_VAR}: {e}") from None
+    return "auto"
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Run the enclosed fastcells ops on backend ``name`` (modules built with an explicit
+    ``backend=`` keep theirs)."""
+    _check_name(name)
+    stack = getattr(_state, "stack", None)
+    if stack is None:
+        stack = _state.stack = []
+    stack.append(name)
+    try:
+        yield name
+    finally:
+        stack.pop()
+
+
+def interpreter_enabled():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve(backend, tensor):
+    """Resolve ``backend`` (None means the default) to a concrete one for ``tensor``'s device."""
+    name = default_backend() if backend is None else _check_name(backend)
+    if name == "auto":
+        return "triton" if tensor.is_cuda else "native"
+    if name == "triton" and not tensor.is_cuda and not interpreter_enabled():
+        raise RuntimeError(
+            f"fastcells backend 'triton' needs CUDA tensors, got a tensor on {tensor.device}; "
+            "set TRITON_INTERPRET=1 (before importing triton) to run the kernels on CPU through "
+            "Triton's interpreter, or use backend 'native' or 'reference'"
+        )
+    return name

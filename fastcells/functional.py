@@ -1,0 +1,157 @@
+"""The differentiable ops the modules are built from.
+
+``rnn`` runs a whole multi-layer (bidirectional, packed) recurrent network; the ``*_cell``
+functions run one step.  ``backend`` is resolved per call (see :mod:`fastcells.backend`); each
+backend supplies only the single-layer, single-direction primitive, everything around it
+(layers, directions, dropout, packing) is shared.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .backend import resolve
+from .functions import RecurrentLayerFunction
+
+MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {', '.join(MODES)}")
+
+
+def _layer(backend, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr):
+    if backend == "triton":
+        y, hn, cn = RecurrentLayerFunction.apply(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                 batch_sizes)
+        return y, hn, (cn if mode == "lstm" else None)
+    return reference.layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+
+
+# ------------------------------------------------------------------ packed <-> padded, reversal
+def _packed_index(batch_sizes, device):
+    """Row of each packed element in the (T * B) padded layout."""
+    B = int(batch_sizes[0])
+    idx = [t * B + b for t, n in enumerate(batch_sizes.tolist()) for b in range(int(n))]
+    return torch.tensor(idx, dtype=torch.long, device=device), B
+
+
+def _reverse_index(T, B, batch_sizes, device):
+    """(T, B) time index reversing each sequence within its own length."""
+    t = torch.arange(T, device=device)[:, None].expand(T, B)
+    if batch_sizes is None:
+        return (T - 1 - t).contiguous()
+    n = batch_sizes.to(device)
+    lengths = (n[:, None] > torch.arange(B, device=device)[None, :]).sum(0)
+    return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
+def _reverse(x, rev):
+    return torch.gather(x, 0, rev[:, :, None].expand_as(x))
+
+
+# ------------------------------------------------------------------------------------ the net
+def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, training=False,
+        bidirectional=False, batch_first=False, batch_sizes=None, proj_size=0, backend=None):
+    """A torch.nn.LSTM/GRU/RNN forward on already validated arguments.
+
+    input: (T, B, I) ((B, T, I) with ``batch_first``), or the data of a PackedSequence (N, I)
+    with its ``batch_sizes``; hx: h0 (L*D, B, K) or (h0, c0) for the LSTM; weights: the
+    module's ``_flat_weights`` order.  Returns (output, h_n) or (output, (h_n, c_n))."""
+    _check_mode(mode)
+    be = resolve(backend, input)
+    if be == "native":
+        return _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training,
+                           bidirectional, batch_first, batch_sizes)
+    h0, c0 = hx if mode == "lstm" else (hx, None)
+    D = 2 if bidirectional else 1
+    if batch_sizes is not None:
+        idx, B = _packed_index(batch_sizes, input.device)
+        T = len(batch_sizes)
+        x = input.new_zeros(T * B, input.shape[-1]).index_copy(0, idx, input).view(T, B, -1)
+    else:
+        x = input.transpose(0, 1) if batch_first else input
+        T, B = x.shape[0], x.shape[1]
+        if T == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    rev = _reverse_index(T, B, batch_sizes, x.device) if bidirectional else None
+    per = len(weights) // (num_layers * D)
+    hns, cns = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w = list(weights[k * per:(k + 1) * per])
+            w_ih, w_hh = w[0], w[1]
+            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+            w_hr = w[-1] if proj_size > 0 else None
+            xin = _reverse(x, rev) if d == 1 else x
+            y, hn, cn = _layer(be, mode, xin, h0[k], None if c0 is None else c0[k],
+                               w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+            outs.append(_reverse(y, rev) if d == 1 else y)
+            hns.append(hn)
+            cns.append(cn)
+        x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+    if batch_sizes is not None:
+        output = x.reshape(T * B, -1).index_select(0, idx)
+    else:
+        output = x.transpose(0, 1) if batch_first else x
+    h_n = torch.stack(hns)
+    if mode == "lstm":
+        return output, (h_n, torch.stack(cns))
+    return output, h_n
+
+
+def _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training, bidirectional,
+                batch_first, batch_sizes):
+    fn = {"lstm": torch._VF.lstm, "gru": torch._VF.gru, "rnn_tanh": torch._VF.rnn_tanh,
+          "rnn_relu": torch._VF.rnn_relu}[mode]
+    hx_arg = list(hx) if mode == "lstm" else hx
+    if batch_sizes is None:
+        res = fn(input, hx_arg, weights, bias, num_layers, dropout, training, bidirectional,
+                 batch_first)
+    else:
+        res = fn(input, batch_sizes, hx_arg, weights, bias, num_layers, dropout, training,
+                 bidirectional)
+    return (res[0], (res[1], res[2])) if mode == "lstm" else (res[0], res[1])
+
+
+# ---------------------------------------------------------------------------------- the cells
+def _cell(mode, input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
+    be = resolve(backend, input)
+    if be == "native":
+        if mode == "lstm":
+            return torch._VF.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)
+        fn = {"gru": torch._VF.gru_cell, "rnn_tanh": torch._VF.rnn_tanh_cell,
+              "rnn_relu": torch._VF.rnn_relu_cell}[mode]
+        return fn(input, h, w_ih, w_hh, b_ih, b_hh)
+    if be == "reference":
+        if mode == "lstm":
+            return reference.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
+        if mode == "gru":
+            return reference.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh)
+        return reference.rnn_cell(input, h, w_ih, w_hh, b_ih, b_hh, mode[4:])
+    # A cell is a one-step layer: the same fused kernels and Function.
+    y, hn, cn = RecurrentLayerFunction.apply(mode, input[None], h, c, w_ih, w_hh, b_ih, b_hh,
+                                             None, None)
+    return (hn, cn) if mode == "lstm" else hn
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    """One LSTM step on (B, I) input and hx = (h, c); returns (h', c')."""
+    return _cell("lstm", input, hx[0], hx[1], w_ih, w_hh, b_ih, b_hh, backend)
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    """One GRU step on (B, I) input and hidden (B, H); returns h'."""
+    return _cell("gru", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)
+
+
+def rnn_tanh_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    return _cell("rnn_tanh", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)
+
+
+def rnn_relu_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, backend=None):
+    return _cell("rnn_relu", input, hx, None, w_ih, w_hh, b_ih, b_hh, backend)

@@ -1,0 +1,207 @@
+"""Drop-in subclasses of torch.nn.LSTM/GRU/RNN and their cells.
+
+Only ``forward`` changes (plus an optional ``backend=``): parameters, ``state_dict``, ``repr``
+and hooks stay torch's.  Backend 'native' is exactly torch's own forward.
+"""
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+from .backend import _check_name, resolve
+
+
+class _Backend:
+    def _init_backend(self, backend):
+        self.backend = None if backend is None else _check_name(backend)
+
+    def flatten_parameters(self):
+        # Our kernels read the parameters directly: nothing to flatten (harmless to call).
+        if hasattr(nn.RNNBase, "flatten_parameters") and isinstance(self, nn.RNNBase):
+            return super().flatten_parameters()
+        return None
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.backend is None else f"{s}, backend={self.backend!r}"
+
+
+class _RecurrentNet(_Backend):
+    """forward() of the multi-layer modules, mirroring torch's argument handling."""
+
+    def forward(self, input, hx=None):
+        data = input.data if isinstance(input, PackedSequence) else input
+        if resolve(self.backend, data) == "native":
+            return super().forward(input, hx)
+        self._update_flat_weights()
+        lstm = self.mode == "LSTM"
+        name = type(self).__mro__[2].__name__  # torch's class name, as torch spells its errors
+        num_dir = 2 if self.bidirectional else 1
+        real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
+        batch_sizes = sorted_indices = unsorted_indices = None
+        is_batched = True
+        if isinstance(input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch = int(batch_sizes[0])
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
+                                 f"{'instead' if lstm else 'input instead'}")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch = input.size(0) if self.batch_first else input.size(1)
+        if hx is None:
+            h = torch.zeros(self.num_layers * num_dir, max_batch, real_hidden,
+                            dtype=input.dtype, device=input.device)
+            if lstm:
+                c = torch.zeros(self.num_layers * num_dir, max_batch, self.hidden_size,
+                                dtype=input.dtype, device=input.device)
+                hx = (h, c)
+            else:
+                hx = h
+        elif batch_sizes is None:
+            hx = self._check_hx_dims(hx, is_batched, lstm)
+        self.check_forward_args(input, hx, batch_sizes)
+        if batch_sizes is not None:
+            hx = self.permute_hidden(hx, sorted_indices)
+        output, hidden = functional.rnn(
+            self.mode.lower(), input, hx, self._flat_weights, num_layers=self.num_layers,
+            bias=self.bias, dropout=self.dropout, training=self.training,
+            bidirectional=self.bidirectional, batch_first=self.batch_first,
+            batch_sizes=batch_sizes, proj_size=self.proj_size, backend=self.backend)
+        if batch_sizes is not None:
+            return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(hidden, unsorted_indices))
+        if not is_batched:
+            output = output.squeeze(1 if not self.batch_first else 0)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
+        return output, hidden
+
+    @staticmethod
+    def _check_hx_dims(hx, is_batched, lstm):
+        want = 3 if is_batched else 2
+        kind = "batched 3-D" if is_batched else "unbatched 2-D"
+        if lstm:
+            if hx[0].dim() != want or hx[1].dim() != want:
+                raise RuntimeError(
+                    f"For {kind} input, hx and cx should also be {want}-D but got "
+                    f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            return hx if is_batched else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        if hx.dim() != want:
+            raise RuntimeError(
+                f"For {kind} input, hx should also be {want}-D but got {hx.dim()}-D tensor")
+        return hx if is_batched else hx.unsqueeze(1)
+
+
+class LSTM(_RecurrentNet, nn.LSTM):
+    """Drop-in for :class:`torch.nn.LSTM` on fastcells' kernels; extra keyword ``backend``."""
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+
+class GRU(_RecurrentNet, nn.GRU):
+    """Drop-in for :class:`torch.nn.GRU` on fastcells' kernels; extra keyword ``backend``."""
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+
+class RNN(_RecurrentNet, nn.RNN):
+    """Drop-in for :class:`torch.nn.RNN` (tanh or relu) on fastcells' kernels."""
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+
+# ---------------------------------------------------------------------------------- cells
+def _check_cell_args(input, hiddens, input_size, hidden_size):
+    """ATen's checks for the fused cells, with its messages."""
+    if input.size(1) != input_size:
+        raise RuntimeError(
+            f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
+    for i, h in enumerate(hiddens):
+        if input.size(0) != h.size(0):
+            raise RuntimeError(
+                f"Input batch size {input.size(0)} doesn't match hidden{i} batch size {h.size(0)}")
+        if h.size(1) != hidden_size:
+            raise RuntimeError(
+                f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {hidden_size}")
+
+
+class _Cell(_Backend):
+    def _prepare(self, input, hx, n_states):
+        name = type(self).__mro__[2].__name__
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if n_states == 2 and hx is not None:
+            for i, v in enumerate(hx):
+                if v.dim() not in (1, 2):
+                    raise ValueError(f"{name}: Expected hx[{i}] to be 1D or 2D, got {v.dim()}D instead")
+        elif hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            z = torch.zeros(input.size(0), self.hidden_size, dtype=input.dtype, device=input.device)
+            hx = (z, z) if n_states == 2 else z
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if n_states == 2 else hx.unsqueeze(0)
+        hiddens = hx if n_states == 2 else (hx,)
+        _check_cell_args(input, hiddens, self.input_size, self.hidden_size)
+        return input, hx, is_batched
+
+
+class LSTMCell(_Cell, nn.LSTMCell):
+    """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        if resolve(self.backend, input) == "native":
+            return super().forward(input, hx)
+        input, hx, is_batched = self._prepare(input, hx, 2)
+        h, c = functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                    self.bias_hh, backend=self.backend)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_Cell, nn.GRUCell):
+    """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        if resolve(self.backend, input) == "native":
+            return super().forward(input, hx)
+        input, hx, is_batched = self._prepare(input, hx, 1)
+        h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                self.bias_hh, backend=self.backend)
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_Cell, nn.RNNCell):
+    """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
+
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        if resolve(self.backend, input) == "native":
+            return super().forward(input, hx)
+        input, hx, is_batched = self._prepare(input, hx, 1)
+        fn = functional.rnn_tanh_cell if self.nonlinearity == "tanh" else functional.rnn_relu_cell
+        h = fn(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+               backend=self.backend)
+        return h if is_batched else h.squeeze(0)

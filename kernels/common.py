@@ -1,0 +1,79 @@
+"""Helpers shared by every kernel family: activations, dtype policy, tile sizes."""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+# ----------------------------------------------------------------------------- jit helpers
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # 2*sigmoid(2x) - 1: no overflow for large |x| (exp(-2x) -> inf gives -1, 0 gives 1).
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def dot_acc(acc, a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """acc += a @ b with the operands' own tensor-core path; UPCAST computes in acc's dtype
+    (the interpreter multiplies bf16 bit patterns, so bf16 is upcast there only)."""
+    if UPCAST:
+        a = a.to(acc.dtype)
+        b = b.to(acc.dtype)
+    return tl.dot(a, b, acc, input_precision=PRECISION, out_dtype=acc.dtype)
+
+
+@triton.jit
+def load_tile(ptr, rows, cols, row_stride, mask_r, mask_c, ACC: tl.constexpr):
+    """Load ptr[rows, cols] (row-major, ``row_stride`` elements per row) as ACC, 0 outside."""
+    offs = rows[:, None] * row_stride + cols[None, :]
+    return tl.load(ptr + offs, mask=mask_r[:, None] & mask_c[None, :], other=0.0).to(ACC)
+
+
+@triton.jit
+def store_tile(ptr, value, rows, cols, row_stride, mask_r, mask_c):
+    offs = rows[:, None] * row_stride + cols[None, :]
+    tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
+
+
+# ----------------------------------------------------------------------------- host policy
+def interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def acc_dtype(dtype):
+    """Accumulation / state dtype: fp64 for fp64, fp32 for everything else."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def tl_dtype(dtype):
+    return {torch.float64: tl.float64, torch.float32: tl.float32,
+            torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
+def dot_flags(dtype):
+    """(UPCAST, PRECISION) for tl.dot on ``dtype`` operands.
+
+    fp32 follows torch's matmul setting: TF32 only when torch would use it.  bf16 is upcast
+    under the interpreter only (Triton issue 11584: it multiplies the raw bits)."""
+    upcast = dtype == torch.bfloat16 and interpreting()
+    if dtype == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32:
+        return upcast, "tf32"
+    return upcast, "ieee"
+
+
+def check_dtype(dtype):
+    if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"fastcells kernels support float64, float32, float16 and bfloat16, got {dtype}")
+
+
+def block_sizes(batch, hidden):
+    """Tile sizes for a step kernel: tl.dot needs every tile dimension >= 16."""
+    block_b = min(64, max(16, triton.next_power_of_2(batch)))
+    block_h = 16 if hidden <= 256 or batch <= 16 else 32
+    return block_b, block_h

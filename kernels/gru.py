@@ -1,0 +1,143 @@
+"""Fused GRU step kernels, following torch.nn.GRU exactly (gate order r, z, n):
+
+r = sigmoid(xp_r + b_ir + h W_hr^T + b_hr), z likewise,
+n = tanh(xp_n + b_in + r * (h W_hn^T + b_hn)), h' = (1 - z) n + z h.
+
+Same program layout as the LSTM kernels: one (batch tile, hidden tile) per program, all three
+gates of it, one launch per step forward and backward.
+"""
+import triton
+import triton.language as tl
+
+from .common import dot_acc, load_tile, sigmoid, store_tile, tanh
+
+
+@triton.jit
+def _bias_pair(b_ih_ptr, b_hh_ptr, offs, mask, ACC: tl.constexpr):
+    return (tl.load(b_ih_ptr + offs, mask=mask, other=0.0).to(ACC)[None, :],
+            tl.load(b_hh_ptr + offs, mask=mask, other=0.0).to(ACC)[None, :])
+
+
+@triton.jit(do_not_specialize=["t"])
+def _gru_fwd_step_kernel(
+    xp_ptr,    # (T, B, 3H) x_t W_ih^T, gate order r, z, n
+    w_ptr,     # (3H, H) W_hh, row-major
+    b_ih_ptr,  # (3H,) (read when HAS_BIAS)
+    b_hh_ptr,  # (3H,) (read when HAS_BIAS)
+    hs_ptr,    # (T+1, B, H) hidden states; slot t holds h_{t-1}, slot 0 is h0
+    cs_ptr,    # unused by the GRU (the uniform step signature)
+    out_ptr,   # (T, B, H) h_t: slot t+1 of hs
+    saved_ptr,  # (T, B, 4H) r, z, n and hn = h W_hn^T + b_hn for the backward pass
+    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    t, B, H, K,
+    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    t64 = t.to(tl.int64)
+    G = 3 * H
+    xp_t = xp_ptr + t64 * B * G
+    h_prev = hs_ptr + t64 * B * H
+
+    acc_r = load_tile(xp_t, rows, cols, G, mr, mc, ACC)
+    acc_z = load_tile(xp_t, rows, cols + H, G, mr, mc, ACC)
+    x_n = load_tile(xp_t, rows, cols + 2 * H, G, mr, mc, ACC)
+    h_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < H
+        hk = tl.load(h_prev + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        wmask = mk[:, None] & mc[None, :]
+        w_r = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=wmask, other=0.0)
+        w_z = tl.load(w_ptr + (cols + H)[None, :] * H + ks[:, None], mask=wmask, other=0.0)
+        w_n = tl.load(w_ptr + (cols + 2 * H)[None, :] * H + ks[:, None], mask=wmask, other=0.0)
+        acc_r = dot_acc(acc_r, hk, w_r, UPCAST, PRECISION)
+        acc_z = dot_acc(acc_z, hk, w_z, UPCAST, PRECISION)
+        h_n = dot_acc(h_n, hk, w_n, UPCAST, PRECISION)
+    if HAS_BIAS:
+        bi, bh = _bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        acc_r += bi + bh
+        bi, bh = _bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
+        acc_z += bi + bh
+        bi, bh = _bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
+        x_n += bi
+        h_n += bh
+    r = sigmoid(acc_r)
+    z = sigmoid(acc_z)
+    n = tanh(x_n + r * h_n)
+    hp = load_tile(h_prev, rows, cols, H, mr, mc, ACC)
+    h = (1.0 - z) * n + z * hp
+    if HAS_LENGTHS:
+        h = tl.where((rows < tl.load(n_ptr + t))[:, None], h, hp)
+    store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
+    saved_t = saved_ptr + t64 * B * 4 * H
+    store_tile(saved_t, r, rows, cols, 4 * H, mr, mc)
+    store_tile(saved_t, z, rows, cols + H, 4 * H, mr, mc)
+    store_tile(saved_t, n, rows, cols + 2 * H, 4 * H, mr, mc)
+    store_tile(saved_t, h_n, rows, cols + 3 * H, 4 * H, mr, mc)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _gru_bwd_step_kernel(
+    dy_ptr,    # (T, B, H) dL/dh_t from the output
+    w_ptr,     # (3H, H) W_hh
+    saved_ptr,  # (T, B, 4H) r, z, n, hn from the forward pass
+    hs_ptr,    # (T+1, B, H) hidden states (slot t is h_{t-1})
+    cs_ptr,    # unused by the GRU
+    dgx_ptr,   # (T, B, 3H) out: dL/d(x-side pre-activations) r, z, n
+    dgh_ptr,   # (T, B, 3H) out: dL/d(h-side pre-activations) r, z, hn; slot t+1 read back
+    carry_ptr,  # (B, H) ACC: dL/dh_{t-1} through z (and through ended rows); dh_n at start
+    dc_ptr,    # unused by the GRU
+    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    t, T, B, H, K,
+    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    t64 = t.to(tl.int64)
+    G = 3 * H
+    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
+    if t + 1 < T:
+        dg_next = dgh_ptr + (t64 + 1) * B * G
+        for k0 in range(0, G, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mk = ks < G
+            a = tl.load(dg_next + rows[:, None] * G + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+            w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
+            dh = dot_acc(dh, a, w, UPCAST, PRECISION)
+    saved_t = saved_ptr + t64 * B * 4 * H
+    r = load_tile(saved_t, rows, cols, 4 * H, mr, mc, ACC)
+    z = load_tile(saved_t, rows, cols + H, 4 * H, mr, mc, ACC)
+    n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
+    h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
+    hp = load_tile(hs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    d_npre = dh * (1.0 - z) * (1.0 - n * n)
+    d_hn = d_npre * r
+    d_r = d_npre * h_n * r * (1.0 - r)
+    d_z = dh * (hp - n) * z * (1.0 - z)
+    carry = dh * z
+    if HAS_LENGTHS:
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        d_npre = tl.where(active, d_npre, 0.0)
+        d_hn = tl.where(active, d_hn, 0.0)
+        d_r = tl.where(active, d_r, 0.0)
+        d_z = tl.where(active, d_z, 0.0)
+        carry = tl.where(active, carry, dh)
+    dgx_t = dgx_ptr + t64 * B * G
+    dgh_t = dgh_ptr + t64 * B * G
+    store_tile(dgx_t, d_r, rows, cols, G, mr, mc)
+    store_tile(dgx_t, d_z, rows, cols + H, G, mr, mc)
+    store_tile(dgx_t, d_npre, rows, cols + 2 * H, G, mr, mc)
+    store_tile(dgh_t, d_r, rows, cols, G, mr, mc)
+    store_tile(dgh_t, d_z, rows, cols + H, G, mr, mc)
+    store_tile(dgh_t, d_hn, rows, cols + 2 * H, G, mr, mc)
+    store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

@@ -1,0 +1,155 @@
+"""Fused LSTM step kernels.
+
+Forward, one launch per step: gates = xp_t + h_{t-1} W_hh^T + b_ih + b_hh (order i, f, g, o);
+i, f, o = sigmoid, g = tanh; c_t = f c_{t-1} + i g; h_t = o tanh(c_t).
+Backward, one launch per step: dh_t = dy_t + dgates_{t+1} W_hh + carry, the gate derivatives and
+dc_{t-1} = dc_t f.  Each program owns a (batch tile, hidden tile) and all four gates of it, so the
+state update never leaves the program and no program waits for another.
+"""
+import triton
+import triton.language as tl
+
+from .common import dot_acc, load_tile, sigmoid, store_tile, tanh
+
+
+@triton.jit(do_not_specialize=["t"])
+def _lstm_fwd_step_kernel(
+    xp_ptr,    # (T, B, 4H) x_t W_ih^T, gate order i, f, g, o
+    w_ptr,     # (4H, K) W_hh, row-major
+    b_ih_ptr,  # (4H,) b_ih (read when HAS_BIAS)
+    b_hh_ptr,  # (4H,) b_hh (read when HAS_BIAS)
+    hs_ptr,    # (T+1, B, K) recurrent state; slot t holds h_{t-1}, slot 0 is h0
+    cs_ptr,    # (T+1, B, H) cell state in ACC dtype; slot t+1 is written here
+    out_ptr,   # (T, B, H) h_t (or m_t = o tanh(c_t) when PROJ; the caller projects it)
+    saved_ptr,  # (T, B, 4H) activated gates i, f, g, o for the backward pass
+    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS: packed sequences)
+    t, B, H, K,
+    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    t64 = t.to(tl.int64)
+    G = 4 * H
+    xp_t = xp_ptr + t64 * B * G
+    h_prev = hs_ptr + t64 * B * K
+
+    acc_i = load_tile(xp_t, rows, cols, G, mr, mc, ACC)
+    acc_f = load_tile(xp_t, rows, cols + H, G, mr, mc, ACC)
+    acc_g = load_tile(xp_t, rows, cols + 2 * H, G, mr, mc, ACC)
+    acc_o = load_tile(xp_t, rows, cols + 3 * H, G, mr, mc, ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < K
+        hk = tl.load(h_prev + rows[:, None] * K + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        wmask = mk[:, None] & mc[None, :]
+        w_i = tl.load(w_ptr + cols[None, :] * K + ks[:, None], mask=wmask, other=0.0)
+        w_f = tl.load(w_ptr + (cols + H)[None, :] * K + ks[:, None], mask=wmask, other=0.0)
+        w_g = tl.load(w_ptr + (cols + 2 * H)[None, :] * K + ks[:, None], mask=wmask, other=0.0)
+        w_o = tl.load(w_ptr + (cols + 3 * H)[None, :] * K + ks[:, None], mask=wmask, other=0.0)
+        acc_i = dot_acc(acc_i, hk, w_i, UPCAST, PRECISION)
+        acc_f = dot_acc(acc_f, hk, w_f, UPCAST, PRECISION)
+        acc_g = dot_acc(acc_g, hk, w_g, UPCAST, PRECISION)
+        acc_o = dot_acc(acc_o, hk, w_o, UPCAST, PRECISION)
+    if HAS_BIAS:
+        acc_i += (tl.load(b_ih_ptr + cols, mask=mc, other=0.0).to(ACC)
+                  + tl.load(b_hh_ptr + cols, mask=mc, other=0.0).to(ACC))[None, :]
+        acc_f += (tl.load(b_ih_ptr + H + cols, mask=mc, other=0.0).to(ACC)
+                  + tl.load(b_hh_ptr + H + cols, mask=mc, other=0.0).to(ACC))[None, :]
+        acc_g += (tl.load(b_ih_ptr + 2 * H + cols, mask=mc, other=0.0).to(ACC)
+                  + tl.load(b_hh_ptr + 2 * H + cols, mask=mc, other=0.0).to(ACC))[None, :]
+        acc_o += (tl.load(b_ih_ptr + 3 * H + cols, mask=mc, other=0.0).to(ACC)
+                  + tl.load(b_hh_ptr + 3 * H + cols, mask=mc, other=0.0).to(ACC))[None, :]
+    i = sigmoid(acc_i)
+    f = sigmoid(acc_f)
+    g = tanh(acc_g)
+    o = sigmoid(acc_o)
+    c_prev = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    c = f * c_prev + i * g
+    h = o * tanh(c)
+    if HAS_LENGTHS:
+        # Finished sequences keep their state, so slot T holds each one's own final state.
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        c = tl.where(active, c, c_prev)
+        if PROJ:
+            h = tl.where(active, h, 0.0)
+        else:
+            h = tl.where(active, h, load_tile(h_prev, rows, cols, K, mr, mc, ACC))
+    store_tile(cs_ptr + (t64 + 1) * B * H, c, rows, cols, H, mr, mc)
+    store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
+    saved_t = saved_ptr + t64 * B * G
+    store_tile(saved_t, i, rows, cols, G, mr, mc)
+    store_tile(saved_t, f, rows, cols + H, G, mr, mc)
+    store_tile(saved_t, g, rows, cols + 2 * H, G, mr, mc)
+    store_tile(saved_t, o, rows, cols + 3 * H, G, mr, mc)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _lstm_bwd_step_kernel(
+    dy_ptr,    # (T, B, H) dL/dh_t from the output (dL/dm_t, recurrence included, when PRE)
+    w_ptr,     # (4H, H) W_hh (read unless PRE)
+    saved_ptr,  # (T, B, 4H) activated gates from the forward pass
+    hs_ptr,    # unused by the LSTM (the uniform step signature)
+    cs_ptr,    # (T+1, B, H) cell states, ACC dtype
+    dgx_ptr,   # (T, B, 4H) out: dL/d(gate pre-activations); slot t+1 is read for the recurrence
+    dgh_ptr,   # unused by the LSTM (same as dgx)
+    carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended; dh_n at start
+    dc_ptr,    # (B, H) ACC: dL/dc_t in, dL/dc_{t-1} out (in place)
+    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    t, T, B, H, K,
+    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    t64 = t.to(tl.int64)
+    G = 4 * H
+    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    if not PRE:
+        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
+        if t + 1 < T:
+            dg_next = dgx_ptr + (t64 + 1) * B * G
+            for k0 in range(0, G, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                mk = ks < G
+                a = tl.load(dg_next + rows[:, None] * G + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+                w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
+                dh = dot_acc(dh, a, w, UPCAST, PRECISION)
+    saved_t = saved_ptr + t64 * B * G
+    i = load_tile(saved_t, rows, cols, G, mr, mc, ACC)
+    f = load_tile(saved_t, rows, cols + H, G, mr, mc, ACC)
+    g = load_tile(saved_t, rows, cols + 2 * H, G, mr, mc, ACC)
+    o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
+    c = load_tile(cs_ptr + (t64 + 1) * B * H, rows, cols, H, mr, mc, ACC)
+    c_prev = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    dc_in = load_tile(dc_ptr, rows, cols, H, mr, mc, ACC)
+    tc = tanh(c)
+    dc = dc_in + dh * o * (1.0 - tc * tc)
+    d_i = dc * g * i * (1.0 - i)
+    d_f = dc * c_prev * f * (1.0 - f)
+    d_g = dc * i * (1.0 - g * g)
+    d_o = dh * tc * o * (1.0 - o)
+    dc_prev = dc * f
+    carry = tl.zeros_like(dh)
+    if HAS_LENGTHS:
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        d_i = tl.where(active, d_i, 0.0)
+        d_f = tl.where(active, d_f, 0.0)
+        d_g = tl.where(active, d_g, 0.0)
+        d_o = tl.where(active, d_o, 0.0)
+        dc_prev = tl.where(active, dc_prev, dc_in)
+        carry = tl.where(active, carry, dh)
+    dg_t = dgx_ptr + t64 * B * G
+    store_tile(dg_t, d_i, rows, cols, G, mr, mc)
+    store_tile(dg_t, d_f, rows, cols + H, G, mr, mc)
+    store_tile(dg_t, d_g, rows, cols + 2 * H, G, mr, mc)
+    store_tile(dg_t, d_o, rows, cols + 3 * H, G, mr, mc)
+    store_tile(dc_ptr, dc_prev, rows, cols, H, mr, mc)
+    if not PRE:
+        store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

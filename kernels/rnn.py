@@ -1,0 +1,94 @@
+"""Fused Elman RNN step kernels: h' = act(xp_t + b_ih + h W_hh^T + b_hh), act = tanh or relu."""
+import triton
+import triton.language as tl
+
+from .common import dot_acc, load_tile, store_tile, tanh
+
+
+@triton.jit(do_not_specialize=["t"])
+def _rnn_fwd_step_kernel(
+    xp_ptr,    # (T, B, H) x_t W_ih^T
+    w_ptr,     # (H, H) W_hh, row-major
+    b_ih_ptr,  # (H,) (read when HAS_BIAS)
+    b_hh_ptr,  # (H,) (read when HAS_BIAS)
+    hs_ptr,    # (T+1, B, H) hidden states; slot t holds h_{t-1}, slot 0 is h0
+    cs_ptr,    # unused by the RNN (the uniform step signature)
+    out_ptr,   # (T, B, H) h_t: slot t+1 of hs
+    saved_ptr,  # unused: the backward pass needs only h_t
+    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    t, B, H, K,
+    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    t64 = t.to(tl.int64)
+    h_prev = hs_ptr + t64 * B * H
+    acc = load_tile(xp_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    for k0 in range(0, H, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < H
+        hk = tl.load(h_prev + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+        acc = dot_acc(acc, hk, w, UPCAST, PRECISION)
+    if HAS_BIAS:
+        acc += (tl.load(b_ih_ptr + cols, mask=mc, other=0.0).to(ACC)
+                + tl.load(b_hh_ptr + cols, mask=mc, other=0.0).to(ACC))[None, :]
+    if RELU:
+        h = tl.maximum(acc, 0.0)
+    else:
+        h = tanh(acc)
+    if HAS_LENGTHS:
+        h = tl.where((rows < tl.load(n_ptr + t))[:, None], h, load_tile(h_prev, rows, cols, H, mr, mc, ACC))
+    store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
+
+
+@triton.jit(do_not_specialize=["t"])
+def _rnn_bwd_step_kernel(
+    dy_ptr,    # (T, B, H) dL/dh_t from the output
+    w_ptr,     # (H, H) W_hh
+    saved_ptr,  # unused
+    hs_ptr,    # (T+1, B, H) hidden states (slot t+1 is h_t)
+    cs_ptr,    # unused
+    dgx_ptr,   # (T, B, H) out: dL/d(pre-activation); slot t+1 read back for the recurrence
+    dgh_ptr,   # unused (same as dgx)
+    carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended; dh_n at start
+    dc_ptr,    # unused
+    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    t, T, B, H, K,
+    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr,
+    ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    RELU: tl.constexpr,
+):
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mr = rows < B
+    mc = cols < H
+    t64 = t.to(tl.int64)
+    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
+    if t + 1 < T:
+        dg_next = dgx_ptr + (t64 + 1) * B * H
+        for k0 in range(0, H, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            mk = ks < H
+            a = tl.load(dg_next + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+            w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
+            dh = dot_acc(dh, a, w, UPCAST, PRECISION)
+    h = load_tile(hs_ptr + (t64 + 1) * B * H, rows, cols, H, mr, mc, ACC)
+    if RELU:
+        d = tl.where(h > 0.0, dh, 0.0)
+    else:
+        d = dh * (1.0 - h * h)
+    carry = tl.zeros_like(dh)
+    if HAS_LENGTHS:
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        d = tl.where(active, d, 0.0)
+        carry = tl.where(active, carry, dh)
+    store_tile(dgx_ptr + t64 * B * H, d, rows, cols, H, mr, mc)
+    store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

@@ -1,0 +1,20 @@
+from setuptools import setup
+
+setup(
+    name="fastcells",
+    version="0.1.0",
+    description="Fused Triton kernels for LSTM, GRU and RNN cells and clip-by-global-norm, "
+    "drop-in for torch.nn",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # kernels/ is installed as fastcells.kernels; never as a top-level "kernels" package.
+    packages=["fastcells", "fastcells.kernels"],
+    package_dir={"fastcells": "fastcells", "fastcells.kernels": "kernels"},
+    install_requires=["torch>=2.4", "triton>=3.0", "numpy"],
+    extras_require={
+        "test": ["pytest>=7"],
+        "bench": ["pytest-benchmark>=4", "matplotlib>=3.5"],
+        "demo": ["matplotlib>=3.5"],
+    },
+)

@@ -1,0 +1,22 @@
+"""The one tolerance table: results in each dtype against a float64 reference.
+
+float64 is the parity bar (1e-9); float32 allows for different summation orders; the half
+types store activations/gates in 8-11 mantissa bits while accumulating in fp32."""
+import torch
+
+TOL = {
+    torch.float64: dict(atol=1e-9, rtol=1e-9),
+    torch.float32: dict(atol=2e-5, rtol=2e-5),
+    torch.float16: dict(atol=1e-2, rtol=1e-2),
+    torch.bfloat16: dict(atol=6e-2, rtol=6e-2),
+}
+
+
+def assert_close(actual, expected, dtype=None, **overrides):
+    """Compare ``actual`` to a (usually float64) ``expected`` with the table's tolerance for
+    ``dtype`` (default: actual's dtype); also asserts the dtype when ``dtype`` is given."""
+    dt = dtype or actual.dtype
+    if dtype is not None:
+        assert actual.dtype == dtype, f"dtype {actual.dtype}, expected {dtype}"
+    tol = dict(TOL[dt], **overrides)
+    torch.testing.assert_close(actual.double(), expected.double(), **tol)

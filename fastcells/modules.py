@@ -12,6 +12,10 @@ from .backend import _check_name, resolve
 
 
 class _Backend:
+    def _torch_name(self):
+        # torch's class name, as torch spells it in its error messages
+        return next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("torch.nn"))
+
     def _init_backend(self, backend):
         self.backend = None if backend is None else _check_name(backend)
 
@@ -35,7 +39,7 @@ class _RecurrentNet(_Backend):
             return super().forward(input, hx)
         self._update_flat_weights()
         lstm = self.mode == "LSTM"
-        name = type(self).__mro__[2].__name__  # torch's class name, as torch spells its errors
+        name = self._torch_name()
         num_dir = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -45,8 +49,8 @@ class _RecurrentNet(_Backend):
             max_batch = int(batch_sizes[0])
         else:
             if input.dim() not in (2, 3):
-                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D "
-                                 f"{'instead' if lstm else 'input instead'}")
+                noun = "tensor instead" if name == "RNN" else "instead"
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D {noun}")
             is_batched = input.dim() == 3
             batch_dim = 0 if self.batch_first else 1
             if not is_batched:
@@ -120,8 +124,15 @@ class RNN(_RecurrentNet, nn.RNN):
 
 
 # ---------------------------------------------------------------------------------- cells
-def _check_cell_args(input, hiddens, input_size, hidden_size):
+_ATEN_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
+               torch.bfloat16: "BFloat16"}
+
+
+def _check_cell_args(input, hiddens, input_size, hidden_size, weight):
     """ATen's checks for the fused cells, with its messages."""
+    if input.dtype != weight.dtype:
+        names = [_ATEN_NAMES.get(d, str(d)) for d in (input.dtype, weight.dtype)]
+        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {names[0]} and {names[1]}")
     if input.size(1) != input_size:
         raise RuntimeError(
             f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
@@ -136,7 +147,7 @@ def _check_cell_args(input, hiddens, input_size, hidden_size):
 
 class _Cell(_Backend):
     def _prepare(self, input, hx, n_states):
-        name = type(self).__mro__[2].__name__
+        name = self._torch_name()
         if input.dim() not in (1, 2):
             raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if n_states == 2 and hx is not None:
@@ -154,7 +165,7 @@ class _Cell(_Backend):
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if n_states == 2 else hx.unsqueeze(0)
         hiddens = hx if n_states == 2 else (hx,)
-        _check_cell_args(input, hiddens, self.input_size, self.hidden_size)
+        _check_cell_args(input, hiddens, self.input_size, self.hidden_size, self.weight_ih)
         return input, hx, is_batched
 
 

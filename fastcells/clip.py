@@ -1,0 +1,208 @@
+"""Clip-by-global-norm: drop-in for ``torch.nn.utils.clip_grad_norm_``, ``get_total_norm`` and
+``clip_grads_with_norm_``.
+
+Same signatures (plus a keyword-only ``backend``), return values (dtype and device included),
+errors and edge cases as torch, with one deliberate difference: the inf norm (and -inf and
+negative-p norms) of an empty tensor, where torch raises, is the identity of its reduction (0 for
+inf, inf for -inf and p < 0), which leaves the total of the other tensors unchanged.
+
+Backends: ``triton`` (the fused passes of :mod:`fastcells.kernels.clip`: a few launches, no host
+synchronisation unless ``error_if_nonfinite=True``), ``reference`` (plain torch ops, per tensor),
+``native`` (torch's own functions), ``auto`` (triton when every tensor is on CUDA, else native).
+The triton backend covers strided float64/float32/float16/bfloat16 tensors; anything else
+(complex, sparse, tensor subclasses) goes to torch's own functions.
+
+``foreach`` has torch's meaning: ``True`` on a device without foreach support raises torch's
+error; otherwise it only picks an implementation, and the fused kernels are the fast one.
+"""
+import math
+import types
+import warnings
+
+import torch
+import torch.nn.utils as _tnu
+
+from .backend import _check_name, default_backend, resolve
+from .kernels import clip as _kernels
+
+try:
+    from torch.utils._foreach_utils import _device_has_foreach_support
+except ImportError:  # pragma: no cover - older torch
+    def _device_has_foreach_support(device):
+        return device.type in ("cpu", "cuda")
+
+__all__ = ["clip_grad_norm_", "clip_grads_with_norm_", "get_total_norm"]
+
+_OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a "
+                "single memory location. Please clone() the tensor before performing the operation.")
+
+
+# -------------------------------------------------------------------------------- the checks
+def _nonfinite_error(norm_type):
+    return RuntimeError(
+        f"The total norm of order {norm_type} for gradients from "
+        "`parameters` is non-finite, so it cannot be clipped. To disable "
+        "this error and scale the gradients by the non-finite norm anyway, "
+        "set `error_if_nonfinite=False`"
+    )
+
+
+def _check_finite(total, norm_type):
+    # The one host synchronisation, asked for by error_if_nonfinite=True (as in torch).
+    if torch.logical_or(total.isnan(), total.isinf()):
+        raise _nonfinite_error(norm_type)
+
+
+def _check_foreach(foreach, tensors):
+    if foreach:
+        for device in dict.fromkeys(t.device for t in tensors):
+            if not _device_has_foreach_support(device):
+                raise RuntimeError(
+                    f"foreach=True was passed, but can't use the foreach API on {device.type} tensors")
+
+
+def _check_writable(grads):
+    """torch's refusal to scale a tensor whose elements share memory, raised before any
+    gradient is touched."""
+    if any(_kernels.internal_overlap(g) for g in grads):
+        raise RuntimeError(_OVERLAP_MSG)
+
+
+def _kernel_ready(t):
+    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+            and t.dtype in _kernels.SUPPORTED_DTYPES and t.device.type in ("cuda", "cpu"))
+
+
+def _backend(backend, tensors):
+    """The concrete backend for this call (``tensors`` non-empty)."""
+    name = default_backend() if backend is None else _check_name(backend)
+    if name == "auto":
+        return "triton" if all(t.is_cuda and _kernel_ready(t) for t in tensors) else "native"
+    if name == "triton":
+        if not all(_kernel_ready(t) for t in tensors):
+            return "native"
+        for t in {t.device: t for t in tensors}.values():
+            resolve("triton", t)     # a clear error for CPU tensors without the interpreter
+    return name
+
+
+# ----------------------------------------------------------------------------- the reference
+def _reference_tensor_norm(g, p):
+    """torch.linalg.vector_norm(g, p), and the identity of the reduction for an empty ``g``
+    where torch raises (inf, -inf and negative p)."""
+    if g.numel() == 0:
+        out = torch.zeros((), dtype=g.abs().dtype, device=g.device)
+        return out.fill_(math.inf) if p < 0 else out
+    return torch.linalg.vector_norm(g, p)
+
+
+def _reference_total_norm(tensors, p):
+    first = tensors[0].device
+    norms = [_reference_tensor_norm(t, p).to(first) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), p)
+
+
+def _reference_clip_(grads, max_norm, total_norm):
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.device))
+
+
+# ------------------------------------------------------------------------------ the public API
+def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *,
+                   backend=None):
+    r"""The ``norm_type`` norm of the per-tensor norms of ``tensors`` (a Tensor or an iterable):
+    :func:`torch.nn.utils.get_total_norm`.  A 0-d tensor of the tensors' promoted dtype on the
+    first tensor's device; ``torch.tensor(0.0)`` when there are none."""
+    with torch.no_grad():
+        tensors = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
+        norm_type = float(norm_type)
+        if not tensors:
+            return torch.tensor(0.0)
+        be = _backend(backend, tensors)
+        if be == "native":
+            return _tnu.get_total_norm(tensors, norm_type, error_if_nonfinite, foreach)
+        _check_foreach(foreach, tensors)
+        if be == "triton":
+            total, _ = _kernels.multi_tensor_norm(_kernels.plan(tensors), norm_type)
+        else:
+            total = _reference_total_norm(tensors, norm_type)
+        if error_if_nonfinite:
+            _check_finite(total, norm_type)
+        return total
+
+
+def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, backend=None):
+    r"""Scale the gradients of ``parameters`` in place by
+    ``clamp(max_norm / (total_norm + 1e-6), max=1)``: :func:`torch.nn.utils.clip_grads_with_norm_`.
+    The coefficient is computed and applied on the device, with no host-side branch."""
+    with torch.no_grad():
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        params = [p for p in parameters if p.grad is not None]
+        grads = [p.grad for p in params]
+        max_norm = float(max_norm)
+        if not grads:
+            return None
+        be = _backend(backend, grads)
+        if be == "triton" and not (isinstance(total_norm, torch.Tensor) and total_norm.dim() == 0
+                                   and total_norm.dtype in _kernels.SUPPORTED_DTYPES):
+            be = "native"     # an unusual total_norm: torch's own arithmetic and errors
+        if be == "native":
+            return _tnu.clip_grads_with_norm_(params, max_norm, total_norm, foreach)
+        _check_foreach(foreach, grads)
+        _check_writable(grads)
+        if be == "triton":
+            plan = _kernels.plan(grads)
+            coef = _kernels.clip_coefficient(total_norm.to(plan.device), max_norm)
+            _kernels.multi_tensor_scale_(plan, coef)
+        else:
+            _reference_clip_(grads, max_norm, total_norm)
+        return None
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None,
+                    *, backend=None):
+    r"""Clip the gradients of ``parameters`` (a Tensor or an iterable, a generator too) by their
+    global norm, in place: :func:`torch.nn.utils.clip_grad_norm_`.  Returns the total norm of
+    the gradients (before clipping), a 0-d tensor of their promoted dtype on the first
+    gradient's device.
+
+    On the triton backend: one reduction launch per dtype, two small launches for the per-tensor
+    norms and the total, one scaling launch per dtype; the coefficient never leaves the device."""
+    with torch.no_grad():
+        if isinstance(parameters, torch.Tensor):
+            parameters = [parameters]
+        else:
+            is_generator = isinstance(parameters, types.GeneratorType)
+            parameters = list(parameters)
+            if is_generator and not parameters:
+                warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
+                              stacklevel=2)
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            float(norm_type), float(max_norm)      # torch's conversions (and their errors)
+            return torch.tensor(0.0)
+        be = _backend(backend, grads)
+        if be == "native":
+            return _tnu.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+        if be == "reference":
+            total = get_total_norm(grads, norm_type, error_if_nonfinite, foreach, backend=be)
+            clip_grads_with_norm_(parameters, max_norm, total, foreach, backend=be)
+            return total
+        # triton: norm and coefficient in one pass, the scale in a second
+        norm_type = float(norm_type)
+        try:
+            max_norm_f = float(max_norm)
+        except (TypeError, ValueError):
+            # torch converts max_norm only after the norm (whose errors come first)
+            get_total_norm(grads, norm_type, error_if_nonfinite, foreach, backend=be)
+            raise
+        _check_foreach(foreach, grads)
+        plan = _kernels.plan(grads)
+        total, coef = _kernels.multi_tensor_norm(plan, norm_type, max_norm_f)
+        if error_if_nonfinite:
+            _check_finite(total, norm_type)
+        _check_writable(grads)
+        _kernels.multi_tensor_scale_(plan, coef)
+        return total

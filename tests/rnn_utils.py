@@ -1,0 +1,54 @@
+"""Shared helpers for the recurrent-module tests: twin modules and gradient collection."""
+import torch
+from torch import nn
+
+import fastcells
+
+KINDS = {
+    "lstm": (nn.LSTM, fastcells.LSTM, {}),
+    "gru": (nn.GRU, fastcells.GRU, {}),
+    "rnn_tanh": (nn.RNN, fastcells.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNN, fastcells.RNN, {"nonlinearity": "relu"}),
+}
+CELLS = {
+    "lstm": (nn.LSTMCell, fastcells.LSTMCell, {}),
+    "gru": (nn.GRUCell, fastcells.GRUCell, {}),
+    "rnn_tanh": (nn.RNNCell, fastcells.RNNCell, {"nonlinearity": "tanh"}),
+    "rnn_relu": (nn.RNNCell, fastcells.RNNCell, {"nonlinearity": "relu"}),
+}
+
+
+def twins(table, kind, *args, backend, dtype=torch.float64, device="cpu", seed=0, **kw):
+    """(torch module, fastcells module) with identical weights (copied through state_dict)."""
+    torch_cls, fast_cls, extra = table[kind]
+    torch.manual_seed(seed)
+    ref = torch_cls(*args, **extra, **kw).to(device=device, dtype=dtype)
+    fast = fast_cls(*args, **extra, **kw, backend=backend).to(device=device, dtype=dtype)
+    fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def flat(out):
+    """Flatten nested outputs (tensors, tuples, PackedSequence) to a list of tensors."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, nn.utils.rnn.PackedSequence):
+        return [out.data]
+    res = []
+    for o in out:
+        res += flat(o)
+    return res
+
+
+def loss_of(outs, seed=1):
+    """A weighted sum touching every output (final states included), with fixed random weights."""
+    g = torch.Generator().manual_seed(seed)
+    total = 0
+    for o in outs:
+        w = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.device, o.dtype)
+        total = total + (o * w).sum()
+    return total
+
+
+def grads(loss, tensors):
+    return torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=True)

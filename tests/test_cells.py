@@ -1,0 +1,74 @@
+"""fastcells cells against torch.nn cells: float64 parity, unbatched, default hx, errors."""
+import pytest
+import torch
+
+from rnn_utils import CELLS, grads, loss_of, twins
+from tolerances import assert_close
+
+B, I, H = 3, 5, 7
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("inp", ["batched", "unbatched", "no-hx", "noncontig"])
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_matches_torch(kind, inp, bias, backend, device):
+    ref, fast = twins(CELLS, kind, I, H, backend=backend, device=device, bias=bias)
+    g = torch.Generator().manual_seed(2)
+    rand = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).to(device)  # noqa: E731
+    shape = (I,) if inp == "unbatched" else (B, I)
+    hshape = (H,) if inp == "unbatched" else (B, H)
+    if inp == "noncontig":
+        base = rand(I, 2 * B).requires_grad_()
+        x = base.t()[::2]
+        leaves = [base]
+    else:
+        x = rand(*shape).requires_grad_()
+        leaves = [x]
+    hx = None
+    if inp != "no-hx":
+        h, c = rand(*hshape).requires_grad_(), rand(*hshape).requires_grad_()
+        hx = (h, c) if kind == "lstm" else h
+        leaves += [h, c] if kind == "lstm" else [h]
+    out_ref, out_fast = ref(x, hx), fast(x, hx)
+    fr = list(out_ref) if kind == "lstm" else [out_ref]
+    ff = list(out_fast) if kind == "lstm" else [out_fast]
+    for a, b in zip(ff, fr):
+        assert a.shape == b.shape
+        assert_close(a, b, torch.float64)
+    g_ref = grads(loss_of(fr), leaves + list(ref.parameters()))
+    g_fast = grads(loss_of(ff), leaves + list(fast.parameters()))
+    for a, b in zip(g_fast, g_ref):
+        assert_close(a, b, torch.float64)
+
+
+def _bad_cell_inputs(kind):
+    two = kind == "lstm"
+    hx = lambda b, h: (torch.randn(b, h), torch.randn(b, h)) if two else torch.randn(b, h)  # noqa: E731
+    cases = {
+        "input-size": (torch.randn(B, I + 1), hx(B, H)),
+        "hidden-size": (torch.randn(B, I), hx(B, H + 1)),
+        "hidden-batch": (torch.randn(B, I), hx(B + 1, H)),
+        "input-3d": (torch.randn(2, B, I), None),
+        "hidden-3d": (torch.randn(B, I), (torch.randn(1, B, H), torch.randn(1, B, H)) if two
+                      else torch.randn(1, B, H)),
+        "dtype": (torch.randn(B, I, dtype=torch.float64), None),
+    }
+    if two:
+        cases["cell-size"] = (torch.randn(B, I), (torch.randn(B, H), torch.randn(B, H + 2)))
+        cases["cell-batch"] = (torch.randn(B, I), (torch.randn(B, H), torch.randn(B + 1, H)))
+    return cases
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_errors_match_torch(kind, backend):
+    torch_cls, fast_cls, extra = CELLS[kind]
+    ref, fast = torch_cls(I, H, **extra), fast_cls(I, H, **extra, backend=backend)
+    for name, (x, hx) in _bad_cell_inputs(kind).items():
+        with pytest.raises(Exception) as e_ref:
+            ref(x, hx)
+        with pytest.raises(Exception) as e_fast:
+            fast(x, hx)
+        assert type(e_fast.value) is type(e_ref.value), name
+        assert str(e_fast.value) == str(e_ref.value), name

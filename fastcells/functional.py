@@ -5,12 +5,14 @@ functions run one step.  ``backend`` is resolved per call (see :mod:`fastcells.b
 backend supplies only the single-layer, single-direction primitive, everything around it
 (layers, directions, dropout, packing) is shared.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from . import reference
 from .backend import resolve
-from .functions import RecurrentLayerFunction
+from .functions import recurrent_layer
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -22,10 +24,29 @@ def _check_mode(mode):
 
 def _layer(backend, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr):
     if backend == "triton":
-        y, hn, cn = RecurrentLayerFunction.apply(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                 batch_sizes)
-        return y, hn, (cn if mode == "lstm" else None)
+        return recurrent_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     return reference.layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+
+
+# --------------------------------------------------------------------------------- autocast
+# What torch's own autocast runs in lower precision (its cast lists): on CUDA every RNN and
+# cell; on CPU the LSTM and RNN layers and the RNN cells, but not the GRU nor the LSTM/GRU cells.
+_AUTOCAST_LOWER = {
+    "cuda": {(m, k) for m in MODES for k in ("layer", "cell")},
+    "cpu": {("lstm", "layer"), ("rnn_tanh", "layer"), ("rnn_relu", "layer"),
+            ("rnn_tanh", "cell"), ("rnn_relu", "cell")},
+}
+
+
+def _autocast(mode, kind, device_type, tensors):
+    """Under torch.autocast, cast like torch would, then run with autocast off (the kernels
+    take one dtype). Returns (tensors, context manager)."""
+    if device_type not in _AUTOCAST_LOWER or not torch.is_autocast_enabled(device_type):
+        return tensors, contextlib.nullcontext()
+    if (mode, kind) in _AUTOCAST_LOWER[device_type]:
+        dt = torch.get_autocast_dtype(device_type)
+        tensors = [t.to(dt) if t is not None and t.is_floating_point() else t for t in tensors]
+    return tensors, torch.autocast(device_type, enabled=False)
 
 
 # ------------------------------------------------------------------ packed <-> padded, reversal
@@ -64,6 +85,15 @@ def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, train
         return _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training,
                            bidirectional, batch_first, batch_sizes)
     h0, c0 = hx if mode == "lstm" else (hx, None)
+    (input, h0, c0, *weights), no_autocast = _autocast(mode, "layer", input.device.type,
+                                                       [input, h0, c0, *weights])
+    with no_autocast:
+        return _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training,
+                    bidirectional, batch_first, batch_sizes, proj_size)
+
+
+def _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training, bidirectional,
+         batch_first, batch_sizes, proj_size):
     D = 2 if bidirectional else 1
     if batch_sizes is not None:
         idx, B = _packed_index(batch_sizes, input.device)
@@ -127,6 +157,13 @@ def _cell(mode, input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
         fn = {"gru": torch._VF.gru_cell, "rnn_tanh": torch._VF.rnn_tanh_cell,
               "rnn_relu": torch._VF.rnn_relu_cell}[mode]
         return fn(input, h, w_ih, w_hh, b_ih, b_hh)
+    (input, h, c, w_ih, w_hh, b_ih, b_hh), no_autocast = _autocast(
+        mode, "cell", input.device.type, [input, h, c, w_ih, w_hh, b_ih, b_hh])
+    with no_autocast:
+        return _fused_or_reference_cell(be, mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def _fused_or_reference_cell(be, mode, input, h, c, w_ih, w_hh, b_ih, b_hh):
     if be == "reference":
         if mode == "lstm":
             return reference.lstm_cell(input, h, c, w_ih, w_hh, b_ih, b_hh)
@@ -134,8 +171,7 @@ def _cell(mode, input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
             return reference.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh)
         return reference.rnn_cell(input, h, w_ih, w_hh, b_ih, b_hh, mode[4:])
     # A cell is a one-step layer: the same fused kernels and Function.
-    y, hn, cn = RecurrentLayerFunction.apply(mode, input[None], h, c, w_ih, w_hh, b_ih, b_hh,
-                                             None, None)
+    _, hn, cn = recurrent_layer(mode, input[None], h, c, w_ih, w_hh, b_ih, b_hh)
     return (hn, cn) if mode == "lstm" else hn
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
+from . import _dynamo_support, functional
 from .backend import _check_name, resolve
 
 
@@ -216,3 +216,6 @@ class RNNCell(_Cell, nn.RNNCell):
         h = fn(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                backend=self.backend)
         return h if is_batched else h.squeeze(0)
+
+
+_dynamo_support.install((LSTM, GRU, RNN))

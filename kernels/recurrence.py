@@ -58,8 +58,10 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
     x (T, B, I); w_ih (G*H, I); w_hh (G*H, K); b_ih, b_hh (G*H,) or None; h0 (B, K);
     c0 (B, H) for the LSTM; batch_sizes (T,) rows active per step or None; w_hr (K, H) the LSTM
     projection or None (then K == H).
-    Returns (y (T, B, K), ctx) where ctx holds what ``layer_backward`` needs; the final state
-    is ctx.hs[T] (and ctx.cs[T] for the LSTM).
+    Returns (hs, cs, saved, m): hs (T+1, B, K) the states, slot 0 a copy of h0, slots 1..T the
+    output, slot T the final state; cs (T+1, B, H) the LSTM's cell states in the accumulation
+    dtype (else None); saved the per-step gates the backward pass reads (None for the RNN);
+    m (T, B, H) the LSTM's pre-projection output when projected (else None).
     """
     spec = CELLS[mode]
     check_dtype(x.dtype)
@@ -100,20 +102,18 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
                     hs[t + 1, n_host[t]:] = hs[t, n_host[t]:]
     elif B > 0:
         hs[1:] = hs[:1]                                     # H == 0: nothing evolves
-    ctx = dict(mode=mode, xp_shape=xp.shape, hs=hs, cs=cs, saved=saved, m=m,
-               n_dev=n_dev, n_host=n_host)
-    return hs[1:], ctx
+    return hs, cs, (saved if spec.saved else None), m
 
 
-def layer_backward(ctx, x, w_ih, w_hh, has_bias, dy, dhn, dcn=None, w_hr=None,
-                   need_input_grad=True):
-    """Gradients of one layer: returns dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr.
+def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes, dy, dhn,
+                   dcn=None, w_hr=None, need_input_grad=True):
+    """Gradients of one layer from what ``layer_forward`` returned (hs, cs, saved, m):
+    returns dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr (None where absent).
 
     dy (T, B, K), dhn (B, K), dcn (B, H) may be None (zero)."""
-    mode = ctx["mode"]
     spec = CELLS[mode]
-    hs, cs, saved, m = ctx["hs"], ctx["cs"], ctx["saved"], ctx["m"]
-    n_dev, n_host = ctx["n_dev"], ctx["n_host"]
+    saved = hs if saved is None else saved
+    n_dev, n_host = _active_rows(batch_sizes, x.device)
     T, B, K = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     GH = w_hh.shape[0]
     H = GH // spec.gates

@@ -57,17 +57,9 @@ EPS = 1e-6          # torch's: max_norm / (total + 1e-6)
 
 
 def norm_kind(p):
-    if p == 2.0:
-        return 0
-    if p == 1.0:
-        return 1
-    if p == 0.0:
-        return 2
-    if p == math.inf:
-        return 3
-    if p == -math.inf:
-        return 4
-    return 5
+    """The kernels' KIND for norm order ``p`` (a float)."""
+    kinds = {2.0: L2, 1.0: L1, 0.0: L0, math.inf: LMAX, -math.inf: LMIN}
+    return kinds.get(p, LPOW).value
 
 
 def f64_bits(x):
@@ -79,6 +71,20 @@ def f64_bits(x):
 @triton.jit
 def _f64(bits):
     return bits.to(tl.int64).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _round(x, DTYPE: tl.constexpr):
+    """``x`` (fp32, or fp64 for DTYPE fp64/fp32) rounded to DTYPE, to nearest even.  bf16 is
+    rounded by hand: Triton's interpreter truncates fp32 -> bf16 (a GPU rounds; both agree with
+    this)."""
+    if DTYPE == tl.bfloat16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & -65536
+        r = tl.where(x != x, x, bits.to(tl.float32, bitcast=True)).to(DTYPE)
+    else:
+        r = x.to(DTYPE)
+    return r
 
 
 @triton.jit
@@ -200,7 +206,7 @@ def _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3):
 
 
 # ----------------------------------------------------------------------------------- kernels
-@triton.jit
+@triton.jit(do_not_specialize=["p_bits"])
 def _clip_norm_partial_kernel(
     seg_ptr,      # (S, 11) int64 segment table (see the module docstring)
     chunk_ptr,    # (C, 2) int64 chunk table: segment row, first element
@@ -230,7 +236,7 @@ def _clip_norm_partial_kernel(
     tl.store(partial_ptr + pid, _reduce(acc, KIND))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["p_bits"])
 def _clip_norm_tensor_kernel(
     partial_ptr,  # (C,) ACC the chunks' partials from _clip_norm_partial_kernel
     range_ptr,    # (N, 2) int64 per tensor: first chunk, one past its last chunk
@@ -249,7 +255,7 @@ def _clip_norm_tensor_kernel(
         mask = cs < end
         acc = _combine(acc, tl.load(partial_ptr + cs, mask=mask, other=0.0), mask, KIND)
     norm = _root(_reduce(acc, KIND), p, KIND)
-    tl.store(norm_ptr + pid, norm.to(DTYPE).to(OUT_ACC))
+    tl.store(norm_ptr + pid, _round(norm, DTYPE).to(OUT_ACC))
 
 
 @triton.jit
@@ -258,14 +264,14 @@ def _coefficient(total, max_norm_bits, eps_bits, OUT: tl.constexpr, ACC: tl.cons
     ``x + eps``, then ``reciprocal(x) * max_norm`` (Tensor.__rtruediv__), each rounded to OUT;
     NaN stays NaN."""
     t = total.to(ACC)
-    x = (t + _f64(eps_bits).to(ACC)).to(OUT).to(ACC)
-    r = _recip(x).to(OUT).to(ACC)
-    c = (r * _f64(max_norm_bits).to(ACC)).to(OUT).to(ACC)
+    x = _round(t + _f64(eps_bits).to(ACC), OUT).to(ACC)
+    r = _round(_recip(x), OUT).to(ACC)
+    c = _round(r * _f64(max_norm_bits).to(ACC), OUT).to(ACC)
     c = tl.where(c > 1.0, 1.0, c)
-    return c.to(OUT)
+    return _round(c, OUT)
 
 
-@triton.jit(do_not_specialize=["n"])
+@triton.jit(do_not_specialize=["n", "p_bits", "max_norm_bits", "eps_bits"])
 def _clip_norm_total_kernel(
     norm_ptr,     # (n,) ACC per-tensor norms (already rounded to their own dtypes)
     total_ptr,    # () OUT out: the norm of the norms
@@ -281,13 +287,13 @@ def _clip_norm_total_kernel(
         mask = idx < n
         v = tl.load(norm_ptr + idx, mask=mask, other=0.0)
         acc = _combine(acc, _element_terms(v, p, KIND), mask, KIND)
-    total = _root(_reduce(acc, KIND), p, KIND).to(OUT)
+    total = _round(_root(_reduce(acc, KIND), p, KIND), OUT)
     tl.store(total_ptr, total)
     if HAS_COEF:
         tl.store(coef_ptr, _coefficient(total, max_norm_bits, eps_bits, OUT, ACC))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["max_norm_bits", "eps_bits"])
 def _clip_coef_kernel(
     total_ptr,    # () OUT a total norm
     coef_ptr,     # () OUT out: its clip coefficient
@@ -320,7 +326,7 @@ def _clip_scale_kernel(
         mask = idx < stop
         ptrs = base + _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3)
         x = tl.load(ptrs, mask=mask).to(ACC)
-        tl.store(ptrs, (x * coef).to(DTYPE), mask=mask)
+        tl.store(ptrs, _round(x * coef, DTYPE), mask=mask)
 
 
 # ------------------------------------------------------------------------------- host: tables
@@ -430,7 +436,12 @@ def _build_group(tensors, chunk):
 
 _CACHE = OrderedDict()
 _CACHE_SIZE = 16
+_CAPTURED = {}      # plans used while a CUDA graph was captured: the graph holds their addresses
 _LOCK = threading.Lock()
+
+
+def _capturing(tensors):
+    return tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def plan(tensors, chunk=None, block=None):
@@ -438,8 +449,13 @@ def plan(tensors, chunk=None, block=None):
 
     Cached on what the kernels touch (each tensor's address, dtype, device, sizes, strides),
     so a new ``.grad`` object at the same place reuses the tables and any change rebuilds them;
-    a steady training step launches with no host work beyond the lookup (and can be captured in
-    a CUDA graph once the tables exist)."""
+    a steady training step launches with no host work beyond the lookup.  The tables hold
+    addresses only, never the tensors: a cached table is used only when the tensors of the
+    current call are at exactly those addresses.  Tables used while a CUDA graph is captured
+    are kept for good (the graph reads them at every replay; warm up once before capturing)."""
+    if interpreting() and any(t.device.type != "cpu" for t in tensors):
+        raise RuntimeError("under TRITON_INTERPRET=1 the clip kernels read CPU tensors only "
+                           "(their pointer tables hold host addresses)")
     d_chunk, d_block = default_chunk()
     chunk, block = chunk or d_chunk, block or d_block
     if chunk % block:
@@ -450,6 +466,11 @@ def plan(tensors, chunk=None, block=None):
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
+        else:
+            hit = _CAPTURED.get(key)
+        if hit is not None:
+            if _capturing(tensors):
+                _CAPTURED[key] = hit
             return hit
     by_group = {}
     for t in tensors:
@@ -463,10 +484,13 @@ def plan(tensors, chunk=None, block=None):
         _CACHE[key] = result
         while len(_CACHE) > _CACHE_SIZE:
             _CACHE.popitem(last=False)
+        if _capturing(tensors):
+            _CAPTURED[key] = result
     return result
 
 
 def clear_cache():
+    """Forget the cached tables (except those a captured CUDA graph may still read)."""
     with _LOCK:
         _CACHE.clear()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
+from . import cuda_graph
 from .common import acc_dtype, block_sizes, check_dtype, dot_flags, tl_dtype
 from .gru import _gru_bwd_step_kernel, _gru_fwd_step_kernel
 from .lstm import _lstm_bwd_step_kernel, _lstm_fwd_step_kernel
@@ -69,40 +70,56 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
     GH, K = w_hh.shape
     H = GH // spec.gates
     dev, dt = x.device, x.dtype
-    xp = torch.matmul(x, w_ih.t()).contiguous()            # hoisted input projection
-    hs = torch.empty(T + 1, B, K, device=dev, dtype=dt)
-    hs[0] = h0
-    cs = None
-    if spec.has_cell:
-        cs = torch.empty(T + 1, B, H, device=dev, dtype=acc_dtype(dt))
-        cs[0] = c0
-    proj = w_hr is not None
-    m = torch.empty(T, B, H, device=dev, dtype=dt) if proj else None
-    out = m if proj else hs[1:]
-    saved = torch.empty(T, B, spec.saved * H, device=dev, dtype=dt) if spec.saved else hs
+    has_bias, proj = b_ih is not None, w_hr is not None
     n_dev, n_host = _active_rows(batch_sizes, dev)
-    if B > 0 and H > 0:
-        grid, meta = _launch_config(B, H, K, dt)
-        w = w_hh.contiguous()
-        has_bias = b_ih is not None
-        b1 = b_ih.contiguous() if has_bias else w
-        b2 = b_hh.contiguous() if has_bias else w
-        w_hr_t = w_hr.t() if proj else None
+    inputs = dict(xp=torch.matmul(x, w_ih.t()).contiguous(),  # hoisted input projection
+                  w=w_hh.contiguous(), h0=h0.contiguous())
+    if has_bias:
+        inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
+    if spec.has_cell:
+        inputs["c0"] = c0.contiguous()
+    if proj:
+        inputs["w_hr_t"] = w_hr.t().contiguous()
+    outputs = dict(hs=((T + 1, B, K), dt, dev))
+    if spec.has_cell:
+        outputs["cs"] = ((T + 1, B, H), acc_dtype(dt), dev)
+    if spec.saved:
+        outputs["saved"] = ((T, B, spec.saved * H), dt, dev)
+    if proj:
+        outputs["m"] = ((T, B, H), dt, dev)
+    grid, meta = _launch_config(B, H, K, dt)
+
+    def steps(b):
+        hs, cs, m = b["hs"], b.get("cs"), b.get("m")
+        hs[0].copy_(b["h0"])
+        if cs is not None:
+            cs[0].copy_(b["c0"])
+        if B == 0:
+            return
+        if H == 0:
+            hs[1:].copy_(hs[:1].expand(T, B, K))  # nothing evolves
+            return
         for t in range(T):
             spec.fwd[grid](
-                xp_ptr=xp, w_ptr=w, b_ih_ptr=b1, b_hh_ptr=b2, hs_ptr=hs,
-                cs_ptr=cs if cs is not None else hs, out_ptr=out, saved_ptr=saved,
-                n_ptr=n_dev if n_dev is not None else xp, t=t, B=B, H=H, K=K,
+                xp_ptr=b["xp"], w_ptr=b["w"], b_ih_ptr=b.get("b1", b["w"]),
+                b_hh_ptr=b.get("b2", b["w"]), hs_ptr=hs, cs_ptr=hs if cs is None else cs,
+                out_ptr=m if proj else hs[1:], saved_ptr=b.get("saved", hs),
+                n_ptr=b["xp"] if n_dev is None else n_dev, t=t, B=B, H=H, K=K,
                 HAS_BIAS=has_bias, HAS_LENGTHS=n_dev is not None, PROJ=proj,
                 **meta, **spec.extra,
             )
             if proj:
-                torch.mm(m[t], w_hr_t, out=hs[t + 1])
+                torch.mm(m[t], b["w_hr_t"], out=hs[t + 1])
                 if n_host is not None and n_host[t] < B:
                     hs[t + 1, n_host[t]:] = hs[t, n_host[t]:]
-    elif B > 0:
-        hs[1:] = hs[:1]                                     # H == 0: nothing evolves
-    return hs, cs, (saved if spec.saved else None), m
+
+    # Packed batches vary per call: launched step by step, as is the projected LSTM.
+    key = None if n_dev is not None or proj else ("fwd", mode, T, B, H, K, dt, dev, has_bias)
+    bufs = cuda_graph.run(key, inputs, outputs, steps)
+    keep = (lambda t: t.clone()) if key is not None and cuda_graph.enabled(dev) else (lambda t: t)
+    cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
+    return (keep(bufs["hs"]), None if cs is None else keep(cs),
+            None if saved is None else keep(saved), None if m is None else keep(m))
 
 
 def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes, dy, dhn,
@@ -112,7 +129,6 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
 
     dy (T, B, K), dhn (B, K), dcn (B, H) may be None (zero)."""
     spec = CELLS[mode]
-    saved = hs if saved is None else saved
     n_dev, n_host = _active_rows(batch_sizes, x.device)
     T, B, K = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
     GH = w_hh.shape[0]
@@ -120,52 +136,60 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
     dev, dt = x.device, x.dtype
     acc = acc_dtype(dt)
     proj = w_hr is not None
-    dy = torch.zeros(T, B, K, device=dev, dtype=dt) if dy is None else dy.contiguous()
-    carry = torch.zeros(B, K, device=dev, dtype=acc) if dhn is None else dhn.to(acc).clone()
-    dc = None
+    inputs = dict(
+        dy=torch.zeros(T, B, K, device=dev, dtype=dt) if dy is None else dy.contiguous(),
+        w=w_hh.contiguous(), hs=hs,
+        carry0=torch.zeros(B, K, device=dev, dtype=acc) if dhn is None else dhn.to(acc))
+    if saved is not None:
+        inputs["saved"] = saved
     if spec.has_cell:
-        dc = torch.zeros(B, H, device=dev, dtype=acc) if dcn is None else dcn.to(acc).clone()
-    dgx = torch.empty(T, B, GH, device=dev, dtype=dt)
-    dgh = torch.empty(T, B, GH, device=dev, dtype=dt) if spec.split_dgates else dgx
-    dhs = torch.empty(T, B, K, device=dev, dtype=acc) if proj else None
-    if B > 0 and H > 0:
-        grid, meta = _launch_config(B, H, max(K, GH), dt)
-        w = w_hh.contiguous()
-        w_acc = w_hh.to(acc) if proj else None
-        w_hr_acc = w_hr.to(acc) if proj else None
-        dm = torch.empty(T, B, H, device=dev, dtype=acc) if proj else None
+        inputs["cs"] = cs
+        inputs["dc0"] = torch.zeros(B, H, device=dev, dtype=acc) if dcn is None else dcn.to(acc)
+    if proj:
+        inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m)
+    outputs = dict(dgx=((T, B, GH), dt, dev), carry=((B, K), acc, dev))
+    if spec.split_dgates:
+        outputs["dgh"] = ((T, B, GH), dt, dev)
+    if spec.has_cell:
+        outputs["dc"] = ((B, H), acc, dev)
+    if proj:
+        outputs["dhs"] = ((T, B, K), acc, dev)
+        outputs["dm"] = ((T, B, H), acc, dev)
+    grid, meta = _launch_config(B, H, max(K, GH), dt)
+
+    def steps(b):
+        carry, dc, dgx = b["carry"], b.get("dc"), b["dgx"]
+        dgh = b.get("dgh", dgx)
+        carry.copy_(b["carry0"])
+        if dc is not None:
+            dc.copy_(b["dc0"])
+        if B == 0 or H == 0:
+            dgx.zero_()
+            dgh.zero_()
+            if proj:
+                b["dhs"].zero_()
+            return
         for t in range(T - 1, -1, -1):
             if proj:
-                # The projection breaks the per-tile fusion of dh: do the two small matmuls here.
-                dh = dy[t].to(acc) + carry
-                if t + 1 < T:
-                    dh += dgx[t + 1].to(acc) @ w_acc
-                if n_host is not None and n_host[t] < B:
-                    carry = torch.zeros_like(carry)
-                    carry[n_host[t]:] = dh[n_host[t]:]
-                    dh[n_host[t]:] = 0
-                else:
-                    carry.zero_()
-                dhs[t] = dh
-                torch.mm(dh, w_hr_acc, out=dm[t])
+                _projected_dh(b, t, T, B, n_host)
             spec.bwd[grid](
-                dy_ptr=dm if proj else dy, w_ptr=w, saved_ptr=saved, hs_ptr=hs,
-                cs_ptr=cs if cs is not None else hs, dgx_ptr=dgx, dgh_ptr=dgh,
-                carry_ptr=carry, dc_ptr=dc if dc is not None else carry,
-                n_ptr=n_dev if n_dev is not None else dgx, t=t, T=T, B=B, H=H, K=K,
+                dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"], saved_ptr=b.get("saved", b["hs"]),
+                hs_ptr=b["hs"], cs_ptr=b["hs"] if dc is None else b["cs"], dgx_ptr=dgx,
+                dgh_ptr=dgh, carry_ptr=carry, dc_ptr=carry if dc is None else dc,
+                n_ptr=dgx if n_dev is None else n_dev, t=t, T=T, B=B, H=H, K=K,
                 HAS_LENGTHS=n_dev is not None, PRE=proj, **meta, **spec.extra,
             )
-    else:
-        dgx.zero_()
-        dgh.zero_()
-        if proj:
-            dhs.zero_()
-    # Hoisted GEMMs over all T*B rows.
+
+    key = None if n_dev is not None or proj else ("bwd", mode, T, B, H, K, dt, dev)
+    b = cuda_graph.run(key, inputs, outputs, steps)
+    dgx = b["dgx"]
+    dgh = b.get("dgh", dgx)
+    # Hoisted GEMMs over all T*B rows (they read the step buffers before any later replay).
     dgx2 = dgx.reshape(T * B, GH)
     dgh2 = dgh.reshape(T * B, GH)
-    dh0 = carry
+    dh0 = b["carry"].clone()
     if T > 0:
-        dh0 = carry + dgh[0].to(acc) @ w_hh.to(acc)
+        dh0 += dgh[0].to(acc) @ w_hh.to(acc)
     dw_hh = dgh2.t() @ hs[:T].reshape(T * B, K)
     dw_ih = dgx2.t() @ x.reshape(T * B, -1)
     dx = torch.matmul(dgx, w_ih) if need_input_grad else None
@@ -173,6 +197,21 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
     db_hh = dgh2.sum(0) if has_bias else None
     dw_hr = None
     if proj:
-        dw_hr = (dhs.reshape(T * B, K).t() @ m.reshape(T * B, H).to(acc)).to(dt)
-    dc0 = dc.to(dt) if dc is not None else None
+        dw_hr = (b["dhs"].reshape(T * B, K).t() @ m.reshape(T * B, H).to(acc)).to(dt)
+    dc0 = b["dc"].to(dt, copy=True) if spec.has_cell else None
     return dx, dh0.to(dt), dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+def _projected_dh(b, t, T, B, n_host):
+    """dL/dm_t for the projected LSTM: the projection breaks the per-tile fusion of dh, so the
+    two small matmuls run here; rows whose sequence has ended pass dh on through ``carry``."""
+    carry = b["carry"]
+    dh = b["dy"][t].to(carry.dtype) + carry
+    if t + 1 < T:
+        dh += b["dgx"][t + 1].to(carry.dtype) @ b["w_acc"]
+    carry.zero_()
+    if n_host is not None and n_host[t] < B:
+        carry[n_host[t]:] = dh[n_host[t]:]
+        dh[n_host[t]:] = 0
+    b["dhs"][t] = dh
+    torch.mm(dh, b["w_hr_acc"], out=b["dm"][t])

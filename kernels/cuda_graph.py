@@ -1,0 +1,60 @@
+"""Replay a layer's fixed sequence of step launches as one CUDA graph.
+
+A step kernel is a few microseconds of GPU work; launching it from Python costs about as much
+again, T times per layer.  On CUDA the loop is captured once per shape into a graph over static
+buffers and replayed: inputs are copied in, outputs come back as the static buffers themselves
+(valid until the next replay of the same graph: callers clone what they keep).
+Set FASTCELLS_CUDA_GRAPHS=0 to launch step by step instead.
+"""
+import collections
+import os
+
+import torch
+
+MAX_GRAPHS = 16  # cached graphs (each holds its static buffers); least recently used evicted
+_cache = collections.OrderedDict()
+
+
+def enabled(device):
+    return (device.type == "cuda" and os.environ.get("FASTCELLS_CUDA_GRAPHS", "1") != "0"
+            and not torch.cuda.is_current_stream_capturing())
+
+
+class _Graphed:
+    def __init__(self, inputs, outputs, steps):
+        self.bufs = {k: torch.empty_like(v) for k, v in inputs.items()}
+        self.bufs.update({k: torch.empty(shape, dtype=dtype, device=dev)
+                          for k, (shape, dtype, dev) in outputs.items()})
+        for v in self.bufs.values():
+            if v.is_floating_point():
+                v.zero_()  # the warm-up runs on these: keep it finite
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            steps(self.bufs)  # compiles the kernels outside the capture
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            steps(self.bufs)
+
+
+def run(key, inputs, outputs, steps):
+    """Run ``steps(bufs)``, a fixed sequence of launches over the tensors in ``bufs``.
+
+    ``inputs``: name -> tensor read by the steps; ``outputs``: name -> (shape, dtype, device) of
+    the tensors the steps write.  Returns ``bufs`` (inputs and outputs by name)."""
+    if key is None or not enabled(next(iter(inputs.values())).device):
+        bufs = dict(inputs)
+        bufs.update({k: torch.empty(s, dtype=d, device=dev) for k, (s, d, dev) in outputs.items()})
+        steps(bufs)
+        return bufs
+    g = _cache.get(key)
+    if g is None:
+        g = _cache[key] = _Graphed(inputs, outputs, steps)
+        if len(_cache) > MAX_GRAPHS:
+            _cache.popitem(last=False)
+    _cache.move_to_end(key)
+    for k, v in inputs.items():
+        g.bufs[k].copy_(v)
+    g.graph.replay()
+    return g.bufs

@@ -19,12 +19,6 @@ class _Backend:
     def _init_backend(self, backend):
         self.backend = None if backend is None else _check_name(backend)
 
-    def flatten_parameters(self):
-        # Our kernels read the parameters directly: nothing to flatten (harmless to call).
-        if hasattr(nn.RNNBase, "flatten_parameters") and isinstance(self, nn.RNNBase):
-            return super().flatten_parameters()
-        return None
-
     def extra_repr(self):
         s = super().extra_repr()
         return s if self.backend is None else f"{s}, backend={self.backend!r}"

@@ -72,8 +72,19 @@ def check_dtype(dtype):
         raise TypeError(f"fastcells kernels support float64, float32, float16 and bfloat16, got {dtype}")
 
 
-def block_sizes(batch, hidden):
-    """Tile sizes for a step kernel: tl.dot needs every tile dimension >= 16."""
-    block_b = min(64, max(16, triton.next_power_of_2(batch)))
-    block_h = 16 if hidden <= 256 or batch <= 16 else 32
-    return block_b, block_h
+# (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) forced for every step kernel, or None: for tile sweeps.
+TILE_OVERRIDE = None
+
+
+def step_tiles(batch, hidden, k):
+    """Tile sizes (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) for a step kernel.
+
+    tl.dot needs every tile dimension >= 16.  Small tiles spread a step over many programs
+    (one step is latency-bound: the more SMs read W_hh at once, the sooner it ends)."""
+    if TILE_OVERRIDE is not None:
+        return TILE_OVERRIDE
+    block_b = 16 if batch <= 64 else 32
+    programs = triton.cdiv(batch, block_b) * triton.cdiv(hidden, 16)
+    block_h = 16 if programs <= 512 else 32
+    block_k = 64 if k >= 64 else (32 if k >= 32 else 16)
+    return block_b, block_h, block_k, 4

@@ -11,7 +11,7 @@ import torch
 import triton
 
 from . import cuda_graph
-from .common import acc_dtype, block_sizes, check_dtype, dot_flags, tl_dtype
+from .common import acc_dtype, check_dtype, dot_flags, step_tiles, tl_dtype
 from .gru import _gru_bwd_step_kernel, _gru_fwd_step_kernel
 from .lstm import _lstm_bwd_step_kernel, _lstm_fwd_step_kernel
 from .rnn import _rnn_bwd_step_kernel, _rnn_fwd_step_kernel
@@ -37,12 +37,16 @@ CELLS = {
 
 
 def _launch_config(B, H, K, dtype):
-    block_b, block_h = block_sizes(B, H)
+    block_b, block_h, block_k, warps = step_tiles(B, H, K)
     upcast, precision = dot_flags(dtype)
     grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
     meta = dict(ACC=tl_dtype(acc_dtype(dtype)), UPCAST=upcast, PRECISION=precision,
-                BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=32 if K >= 32 else 16)
+                BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=warps)
     return grid, meta
+
+
+def _tiles_key(meta):
+    return tuple(meta[k] for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "num_warps", "PRECISION"))
 
 
 def _active_rows(batch_sizes, device):
@@ -114,7 +118,8 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
                     hs[t + 1, n_host[t]:] = hs[t, n_host[t]:]
 
     # Packed batches vary per call: launched step by step, as is the projected LSTM.
-    key = None if n_dev is not None or proj else ("fwd", mode, T, B, H, K, dt, dev, has_bias)
+    key = None if n_dev is not None or proj else ("fwd", mode, T, B, H, K, dt, dev, has_bias,
+                                                  _tiles_key(meta))
     bufs = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None and cuda_graph.enabled(dev) else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
@@ -180,7 +185,8 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
                 HAS_LENGTHS=n_dev is not None, PRE=proj, **meta, **spec.extra,
             )
 
-    key = None if n_dev is not None or proj else ("bwd", mode, T, B, H, K, dt, dev)
+    key = None if n_dev is not None or proj else ("bwd", mode, T, B, H, K, dt, dev,
+                                                  _tiles_key(meta))
     b = cuda_graph.run(key, inputs, outputs, steps)
     dgx = b["dgx"]
     dgh = b.get("dgh", dgx)

@@ -1,0 +1,80 @@
+"""Step-kernel tile sweep and CUDA-graph on/off at one layer shape, against cuDNN (GPU only).
+
+python bench/tile_sweep.py [--out FILE.json]   (prints a table; default shape: fastrnns LSTM)
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+import triton
+
+import fastcells
+from fastcells.kernels import common
+
+CONFIGS = [None, (16, 16, 32, 4), (16, 16, 64, 2), (16, 32, 64, 4), (32, 16, 64, 4),
+           (64, 32, 32, 4)]
+
+
+def bench_layer(mode_cls, T, B, H, dtype, backend, graphs, tiles):
+    os.environ["FASTCELLS_CUDA_GRAPHS"] = "1" if graphs else "0"
+    common.TILE_OVERRIDE = tiles
+    torch.manual_seed(0)
+    m = mode_cls(H, H, backend=backend).cuda().to(dtype)
+    x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
+    dy = torch.randn(T, B, H, device="cuda", dtype=dtype)
+    fwd = lambda: m(x)  # noqa: E731
+
+    def fwd_bwd():
+        y, _ = m(x)
+        y.backward(dy)
+
+    res = {}
+    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        res[name] = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+    common.TILE_OVERRIDE = None
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--T", type=int, default=100)
+    ap.add_argument("--B", type=int, default=64)
+    ap.add_argument("--H", type=int, default=512)
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("tile_sweep: needs a CUDA GPU (Triton timings on CPU mean nothing)")
+        return
+    rows = []
+    t0 = time.time()
+    for kind, cls in (("lstm", fastcells.LSTM), ("gru", fastcells.GRU)):
+        for dtype in (torch.float32, torch.bfloat16):
+            base = bench_layer(cls, args.T, args.B, args.H, dtype, "native", False, None)
+            rows.append((kind, str(dtype)[6:], "cudnn", "-", base))
+            variants = [(True, c) for c in CONFIGS] + [(False, None)]
+            if kind == "gru":
+                variants = [(True, None), (False, None)]
+            for graphs, tiles in variants:
+                try:
+                    r = bench_layer(cls, args.T, args.B, args.H, dtype, "triton", graphs, tiles)
+                except Exception as e:  # a tile that does not compile: record, go on
+                    print(f"{kind} {dtype} graphs={graphs} tiles={tiles}: {type(e).__name__}: {e}"[:300])
+                    continue
+                label = f"graphs={'on' if graphs else 'off'} tiles={tiles or 'default'}"
+                rows.append((kind, str(dtype)[6:], "fastcells", label, r))
+    print(f"\nT={args.T} B={args.B} H={args.H}  {torch.cuda.get_device_name()}  "
+          f"({time.time() - t0:.0f} s)")
+    print(f"{'cell':5} {'dtype':9} {'impl':10} {'variant':42} {'fwd ms':>8} {'fwd+bwd ms':>11}")
+    for kind, dt, impl, label, r in rows:
+        print(f"{kind:5} {dt:9} {impl:10} {label:42} {r['fwd'][0]:8.3f} {r['fwd+bwd'][0]:11.3f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump([dict(cell=k, dtype=d, impl=i, variant=lab, T=args.T, B=args.B, H=args.H,
+                            device=torch.cuda.get_device_name(), ms=r) for k, d, i, lab, r in rows],
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

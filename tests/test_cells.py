@@ -62,10 +62,14 @@ def _bad_cell_inputs(kind):
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("kind", list(CELLS))
-def test_cell_errors_match_torch(kind, backend):
+def test_cell_errors_match_torch(kind, backend, device):
     torch_cls, fast_cls, extra = CELLS[kind]
-    ref, fast = torch_cls(I, H, **extra), fast_cls(I, H, **extra, backend=backend)
+    ref = torch_cls(I, H, **extra).to(device)
+    fast = fast_cls(I, H, **extra, backend=backend).to(device)
     for name, (x, hx) in _bad_cell_inputs(kind).items():
+        x = x.to(device)
+        if hx is not None:
+            hx = tuple(v.to(device) for v in hx) if isinstance(hx, tuple) else hx.to(device)
         with pytest.raises(Exception) as e_ref:
             ref(x, hx)
         with pytest.raises(Exception) as e_fast:

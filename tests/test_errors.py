@@ -7,6 +7,12 @@ from rnn_utils import KINDS
 T, B, I, H = 4, 3, 5, 6
 
 
+def _to(t, device):
+    if t is None:
+        return None
+    return tuple(v.to(device) for v in t) if isinstance(t, tuple) else t.to(device)
+
+
 def _bad_inputs(kind):
     lstm = kind == "lstm"
     hx = lambda *s: (torch.randn(*s), torch.randn(*s)) if lstm else torch.randn(*s)  # noqa: E731
@@ -29,10 +35,12 @@ def _bad_inputs(kind):
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_errors_match_torch(kind, backend):
+def test_errors_match_torch(kind, backend, device):
     torch_cls, fast_cls, extra = KINDS[kind]
-    ref, fast = torch_cls(I, H, **extra), fast_cls(I, H, **extra, backend=backend)
+    ref = torch_cls(I, H, **extra).to(device)
+    fast = fast_cls(I, H, **extra, backend=backend).to(device)
     for name, (x, hx) in _bad_inputs(kind).items():
+        x, hx = _to(x, device), _to(hx, device)
         with pytest.raises(Exception) as e_ref:
             ref(x, hx)
         with pytest.raises(Exception) as e_fast:
@@ -42,13 +50,13 @@ def test_errors_match_torch(kind, backend):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_zero_batch_accepted(kind):
+def test_zero_batch_accepted(kind, device):
     """What torch accepts, fastcells accepts: an empty batch."""
     torch_cls, fast_cls, extra = KINDS[kind]
-    ref = torch_cls(I, H, **extra)
-    fast = fast_cls(I, H, **extra, backend="triton")
+    ref = torch_cls(I, H, **extra).to(device)
+    fast = fast_cls(I, H, **extra, backend="triton").to(device)
     fast.load_state_dict(ref.state_dict())
-    x = torch.randn(T, 0, I)
+    x = torch.randn(T, 0, I, device=device)
     y_ref, _ = ref(x)
     y_fast, _ = fast(x)
     assert y_fast.shape == y_ref.shape

@@ -14,6 +14,18 @@ The triton backend covers strided float64/float32/float16/bfloat16 tensors; anyt
 
 ``foreach`` has torch's meaning: ``True`` on a device without foreach support raises torch's
 error; otherwise it only picks an implementation, and the fused kernels are the fast one.
+
+``torch.compile``: all three functions trace with no graph break (``fullgraph=True`` works) on
+the triton and reference backends.  The triton passes are the custom ops of
+:mod:`fastcells.clip_ops` (``fastcells::clip_total_norm``, ``fastcells::clip_grad_norm_``,
+``fastcells::clip_grads_with_norm_``), opaque to Dynamo; the table cache and the launches run
+when the compiled graph runs, eager or compiled alike.  ``error_if_nonfinite=True`` keeps its
+one host read, done inside an op (``fastcells::clip_check_finite`` on the reference backend), so
+it too compiles without a graph break and raises torch's error, every gradient untouched, when
+the graph runs.  The native backend is torch's own code: it compiles likewise, except that
+``error_if_nonfinite=True`` there is a data-dependent branch, a graph break (an error under
+``fullgraph=True``), exactly as with :func:`torch.nn.utils.clip_grad_norm_` itself; ``auto``
+is native on CPU tensors.
 """
 import math
 import types
@@ -23,6 +35,8 @@ import torch
 import torch.nn.utils as _tnu
 
 from .backend import _check_name, default_backend, resolve
+from . import clip_ops as _ops
+from .clip_ops import check_writable as _check_writable
 from .kernels import clip as _kernels
 
 try:
@@ -33,39 +47,13 @@ except ImportError:  # pragma: no cover - older torch
 
 __all__ = ["clip_grad_norm_", "clip_grads_with_norm_", "get_total_norm"]
 
-_OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a "
-                "single memory location. Please clone() the tensor before performing the operation.")
-
-
 # -------------------------------------------------------------------------------- the checks
-def _nonfinite_error(norm_type):
-    return RuntimeError(
-        f"The total norm of order {norm_type} for gradients from "
-        "`parameters` is non-finite, so it cannot be clipped. To disable "
-        "this error and scale the gradients by the non-finite norm anyway, "
-        "set `error_if_nonfinite=False`"
-    )
-
-
-def _check_finite(total, norm_type):
-    # The one host synchronisation, asked for by error_if_nonfinite=True (as in torch).
-    if torch.logical_or(total.isnan(), total.isinf()):
-        raise _nonfinite_error(norm_type)
-
-
 def _check_foreach(foreach, tensors):
     if foreach:
         for device in dict.fromkeys(t.device for t in tensors):
             if not _device_has_foreach_support(device):
                 raise RuntimeError(
                     f"foreach=True was passed, but can't use the foreach API on {device.type} tensors")
-
-
-def _check_writable(grads):
-    """torch's refusal to scale a tensor whose elements share memory, raised before any
-    gradient is touched."""
-    if any(_kernels.internal_overlap(g) for g in grads):
-        raise RuntimeError(_OVERLAP_MSG)
 
 
 def _kernel_ready(t):
@@ -123,12 +111,11 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
         if be == "native":
             return _tnu.get_total_norm(tensors, norm_type, error_if_nonfinite, foreach)
         _check_foreach(foreach, tensors)
-        if be == "triton":
-            total, _ = _kernels.multi_tensor_norm(_kernels.plan(tensors), norm_type)
-        else:
-            total = _reference_total_norm(tensors, norm_type)
+        if be == "triton":     # the check, if asked, inside the op
+            return _ops.clip_total_norm(tensors, norm_type, bool(error_if_nonfinite))
+        total = _reference_total_norm(tensors, norm_type)
         if error_if_nonfinite:
-            _check_finite(total, norm_type)
+            total = _ops.clip_check_finite(total, norm_type)
         return total
 
 
@@ -151,12 +138,10 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, bac
         if be == "native":
             return _tnu.clip_grads_with_norm_(params, max_norm, total_norm, foreach)
         _check_foreach(foreach, grads)
-        _check_writable(grads)
-        if be == "triton":
-            plan = _kernels.plan(grads)
-            coef = _kernels.clip_coefficient(total_norm.to(plan.device), max_norm)
-            _kernels.multi_tensor_scale_(plan, coef)
+        if be == "triton":     # the op checks the grads are writable before touching any
+            _ops.clip_grads_with_norm_(grads, total_norm.to(grads[0].device), max_norm)
         else:
+            _check_writable(grads)
             _reference_clip_(grads, max_norm, total_norm)
         return None
 
@@ -199,10 +184,6 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
             get_total_norm(grads, norm_type, error_if_nonfinite, foreach, backend=be)
             raise
         _check_foreach(foreach, grads)
-        plan = _kernels.plan(grads)
-        total, coef = _kernels.multi_tensor_norm(plan, norm_type, max_norm_f)
-        if error_if_nonfinite:
-            _check_finite(total, norm_type)
-        _check_writable(grads)
-        _kernels.multi_tensor_scale_(plan, coef)
-        return total
+        # one op: norm and coefficient, the finiteness check if asked, the writability check,
+        # then the scale; nothing is touched when it raises
+        return _ops.clip_grad_norm_(grads, max_norm_f, norm_type, bool(error_if_nonfinite))

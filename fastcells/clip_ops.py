@@ -1,0 +1,124 @@
+"""The fused clip-by-global-norm passes as PyTorch custom ops (no API logic here: see
+:mod:`fastcells.clip`).
+
+Being custom ops with fake (meta) implementations, they are opaque to torch.compile: Dynamo
+records one node per op instead of tracing the pointer-table cache (``data_ptr()``, dict
+lookups) and the Triton launches, so the clip functions run under
+``torch.compile(fullgraph=True)`` with no graph break.  Eager calls go through the same ops.
+
+``fastcells::clip_total_norm(Tensor[] tensors, float norm_type, bool error_if_nonfinite) -> Tensor``
+    pass 1: the total norm (0-d, the tensors' promoted dtype, on the first tensor's device).
+``fastcells::clip_grad_norm_(Tensor(a!)[] grads, float max_norm, float norm_type,
+bool error_if_nonfinite) -> Tensor``
+    pass 1 with the clip coefficient, then pass 2: every grad scaled in place; returns the total.
+``fastcells::clip_grads_with_norm_(Tensor(a!)[] grads, Tensor total_norm, float max_norm) -> ()``
+    the coefficient ``clamp(max_norm / (total_norm + 1e-6), max=1)`` of a given 0-d total (on the
+    first grad's device), then pass 2.
+``fastcells::clip_check_finite(Tensor total, float norm_type) -> Tensor``
+    torch's non-finite error for the reference path; returns a copy of ``total``.
+
+The mutating ops declare ``mutates_args``: under torch.compile, AOTAutograd functionalizes them
+(Inductor re-inplaces them onto the real gradients; ``aot_eager`` runs them on copies and copies
+back), and eager calls bump the gradients' version counters as an in-place op does.
+
+``error_if_nonfinite=True`` reads the total back to the host *inside* an op (the one host
+synchronisation, as in torch) and raises torch's error there, before any gradient is scaled:
+the read is invisible to Dynamo, so even that flag compiles without a graph break.  Every check
+that can raise (non-finite total, gradients with internally overlapping memory) runs before the
+first write.  No op has autograd: the clip functions run under ``torch.no_grad()``.
+"""
+from functools import reduce
+from typing import List
+
+import torch
+from torch import Tensor
+
+from .kernels import clip as _kernels
+
+
+OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a "
+               "single memory location. Please clone() the tensor before performing the operation.")
+
+
+def nonfinite_error(norm_type):
+    return RuntimeError(
+        f"The total norm of order {norm_type} for gradients from "
+        "`parameters` is non-finite, so it cannot be clipped. To disable "
+        "this error and scale the gradients by the non-finite norm anyway, "
+        "set `error_if_nonfinite=False`"
+    )
+
+
+def check_finite(total, norm_type):
+    # The one host synchronisation, asked for by error_if_nonfinite=True (as in torch).
+    if torch.logical_or(total.isnan(), total.isinf()):
+        raise nonfinite_error(norm_type)
+
+
+def check_writable(grads):
+    """torch's refusal to scale a tensor whose elements share memory, raised before any
+    gradient is touched."""
+    if any(_kernels.internal_overlap(g) for g in grads):
+        raise RuntimeError(OVERLAP_MSG)
+
+
+def _fake_total(tensors):
+    dtype = reduce(torch.promote_types, (t.dtype for t in tensors))
+    return tensors[0].new_empty((), dtype=dtype)
+
+
+# The kernels module is looked up at call time (``_kernels.plan``...), so a test may patch it.
+@torch.library.custom_op("fastcells::clip_total_norm", mutates_args=())
+def clip_total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool) -> Tensor:
+    total, _ = _kernels.multi_tensor_norm(_kernels.plan(tensors), norm_type)
+    if error_if_nonfinite:
+        check_finite(total, norm_type)
+    return total
+
+
+@clip_total_norm.register_fake
+def _(tensors, norm_type, error_if_nonfinite):
+    return _fake_total(tensors)
+
+
+@torch.library.custom_op("fastcells::clip_grad_norm_", mutates_args=("grads",))
+def clip_grad_norm_(grads: List[Tensor], max_norm: float, norm_type: float,
+                    error_if_nonfinite: bool) -> Tensor:
+    plan = _kernels.plan(grads)
+    total, coef = _kernels.multi_tensor_norm(plan, norm_type, max_norm)
+    if error_if_nonfinite:
+        check_finite(total, norm_type)
+    check_writable(grads)
+    _kernels.multi_tensor_scale_(plan, coef)
+    return total
+
+
+@clip_grad_norm_.register_fake
+def _(grads, max_norm, norm_type, error_if_nonfinite):
+    return _fake_total(grads)
+
+
+@torch.library.custom_op("fastcells::clip_grads_with_norm_", mutates_args=("grads",))
+def clip_grads_with_norm_(grads: List[Tensor], total_norm: Tensor, max_norm: float) -> None:
+    check_writable(grads)
+    plan = _kernels.plan(grads)
+    _kernels.multi_tensor_scale_(plan, _kernels.clip_coefficient(total_norm, max_norm))
+
+
+@clip_grads_with_norm_.register_fake
+def _(grads, total_norm, max_norm):
+    return None
+
+
+@torch.library.custom_op("fastcells::clip_check_finite", mutates_args=())
+def clip_check_finite(total: Tensor, norm_type: float) -> Tensor:
+    """torch's non-finite error, as an op (for the reference path): returns a copy of
+    ``total``, which the caller uses from then on, so the check can be neither dropped from a
+    compiled graph nor moved after a scale that depends on it."""
+    check_finite(total, norm_type)
+    return total.clone()
+
+
+@clip_check_finite.register_fake
+def _(total, norm_type):
+    return torch.empty_like(total)

@@ -16,6 +16,10 @@ class _Backend:
         # torch's class name, as torch spells it in its error messages
         return next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("torch.nn"))
 
+    def __init__(self, *args, backend=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_backend(backend)
+
     def _init_backend(self, backend):
         self.backend = None if backend is None else _check_name(backend)
 
@@ -96,25 +100,13 @@ class _RecurrentNet(_Backend):
 class LSTM(_RecurrentNet, nn.LSTM):
     """Drop-in for :class:`torch.nn.LSTM` on fastcells' kernels; extra keyword ``backend``."""
 
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
 
 class GRU(_RecurrentNet, nn.GRU):
     """Drop-in for :class:`torch.nn.GRU` on fastcells' kernels; extra keyword ``backend``."""
 
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
 
 class RNN(_RecurrentNet, nn.RNN):
     """Drop-in for :class:`torch.nn.RNN` (tanh or relu) on fastcells' kernels."""
-
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
 
 
 # ---------------------------------------------------------------------------------- cells
@@ -166,10 +158,6 @@ class _Cell(_Backend):
 class LSTMCell(_Cell, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
 
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
     def forward(self, input, hx=None):
         if resolve(self.backend, input) == "native":
             return super().forward(input, hx)
@@ -182,10 +170,6 @@ class LSTMCell(_Cell, nn.LSTMCell):
 class GRUCell(_Cell, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
 
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
-
     def forward(self, input, hx=None):
         if resolve(self.backend, input) == "native":
             return super().forward(input, hx)
@@ -197,10 +181,6 @@ class GRUCell(_Cell, nn.GRUCell):
 
 class RNNCell(_Cell, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
-
-    def __init__(self, *args, backend=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_backend(backend)
 
     def forward(self, input, hx=None):
         if resolve(self.backend, input) == "native":

@@ -29,6 +29,28 @@ def dot_acc(acc, a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def tile_index(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's (batch tile, hidden tile): int64 rows, cols and their masks."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    return rows, cols, rows < B, cols < H
+
+
+@triton.jit
+def add_rows_times_w(acc, a_ptr, w_ptr, rows, cols, mr, mc, N, H,
+                     UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A[rows, :N] @ W[:N, cols] with A (., N) and W (N, H) row-major: the backward
+    recurrence dgates_{t+1} @ W_hh for this program's tile."""
+    for k0 in range(0, N, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < N
+        a = tl.load(a_ptr + rows[:, None] * N + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
+        acc = dot_acc(acc, a, w, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
 def load_tile(ptr, rows, cols, row_stride, mask_r, mask_c, ACC: tl.constexpr):
     """Load ptr[rows, cols] (row-major, ``row_stride`` elements per row) as ACC, 0 outside."""
     offs = rows[:, None] * row_stride + cols[None, :]

@@ -9,7 +9,7 @@ gates of it, one launch per step forward and backward.
 import triton
 import triton.language as tl
 
-from .common import dot_acc, load_tile, sigmoid, store_tile, tanh
+from .common import add_rows_times_w, dot_acc, load_tile, sigmoid, store_tile, tanh, tile_index
 
 
 @triton.jit
@@ -34,10 +34,7 @@ def _gru_fwd_step_kernel(
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mr = rows < B
-    mc = cols < H
+    rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 3 * H
     xp_t = xp_ptr + t64 * B * G
@@ -98,22 +95,14 @@ def _gru_bwd_step_kernel(
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mr = rows < B
-    mc = cols < H
+    rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 3 * H
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
     if t + 1 < T:
-        dg_next = dgh_ptr + (t64 + 1) * B * G
-        for k0 in range(0, G, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            mk = ks < G
-            a = tl.load(dg_next + rows[:, None] * G + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-            w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
-            dh = dot_acc(dh, a, w, UPCAST, PRECISION)
+        dh = add_rows_times_w(dh, dgh_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
+                              G, H, UPCAST, PRECISION, BLOCK_K)
     saved_t = saved_ptr + t64 * B * 4 * H
     r = load_tile(saved_t, rows, cols, 4 * H, mr, mc, ACC)
     z = load_tile(saved_t, rows, cols + H, 4 * H, mr, mc, ACC)

@@ -2,7 +2,7 @@
 import triton
 import triton.language as tl
 
-from .common import dot_acc, load_tile, store_tile, tanh
+from .common import add_rows_times_w, dot_acc, load_tile, store_tile, tanh, tile_index
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -22,10 +22,7 @@ def _rnn_fwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mr = rows < B
-    mc = cols < H
+    rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     h_prev = hs_ptr + t64 * B * H
     acc = load_tile(xp_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
@@ -65,21 +62,13 @@ def _rnn_bwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
-    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    mr = rows < B
-    mc = cols < H
+    rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
     if t + 1 < T:
-        dg_next = dgx_ptr + (t64 + 1) * B * H
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            mk = ks < H
-            a = tl.load(dg_next + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-            w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
-            dh = dot_acc(dh, a, w, UPCAST, PRECISION)
+        dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * H, w_ptr, rows, cols, mr, mc,
+                              H, H, UPCAST, PRECISION, BLOCK_K)
     h = load_tile(hs_ptr + (t64 + 1) * B * H, rows, cols, H, mr, mc, ACC)
     if RELU:
         d = tl.where(h > 0.0, dh, 0.0)

@@ -52,3 +52,23 @@ def loss_of(outs, seed=1):
 
 def grads(loss, tensors):
     return torch.autograd.grad(loss, tensors, allow_unused=True, retain_graph=True)
+
+
+def to_device(t, device):
+    """A tensor, a tuple of tensors, or None, moved to ``device``."""
+    if t is None:
+        return None
+    return tuple(v.to(device) for v in t) if isinstance(t, tuple) else t.to(device)
+
+
+def assert_same_errors(ref, fast, cases, device):
+    """Each (input, hx) case raises the same exception type and message in both modules."""
+    import pytest
+    for name, (x, hx) in cases.items():
+        x, hx = to_device(x, device), to_device(hx, device)
+        with pytest.raises(Exception) as e_ref:
+            ref(x, hx)
+        with pytest.raises(Exception) as e_fast:
+            fast(x, hx)
+        assert type(e_fast.value) is type(e_ref.value), name
+        assert str(e_fast.value) == str(e_ref.value), name

@@ -1,0 +1,124 @@
+"""The hardware floor of every row: the larger of FLOPs / matmul rate and bytes / copy bandwidth.
+
+The rates are measured once per run on the device itself (not taken from a datasheet):
+
+* copy bandwidth: ``dst.copy_(src)`` on a large buffer (1 GiB on CUDA), counting the bytes read
+  and the bytes written;
+* matmul rate: an n x n x n ``torch.matmul`` (n = 8192 on CUDA) per dtype; float32 runs under
+  torch's current TF32 setting (``torch.backends.cuda.matmul.allow_tf32``, recorded in the run's
+  metadata), which the fastcells kernels follow too.
+
+The models (s = bytes per element of the dtype; G = gates: LSTM 4, GRU 3, RNN 1; D = 2 when
+bidirectional, else 1; a layer l reads I_l = I (l = 0) or D*H (l > 0) features):
+
+Recurrent layer (summed over layers and directions), and a cell (one step: T = 1, one layer):
+
+* FLOPs fwd = sum 2*T*B*(I_l + H)*G*H    (the input and recurrent matmuls; gate arithmetic
+  is O(T*B*G*H) and left out); bwd = 2 * fwd (the data and the weight gradients);
+  fwd+bwd = 3 * fwd.
+* bytes fwd = s * (weights + inputs + outputs), where weights = sum G*H*(I_l + H) + 2*G*H
+  (biases), inputs = sum T*B*I_l plus the initial states, outputs = sum T*B*D*H plus the final
+  states: the least a forward must read and write.
+* bytes bwd = s * (2*weights (read W, write dW) + 2*inputs (read x, write dx) + outputs (read dy)
+  + saved), saved = sum T*B*G*H: the gate activations the backward reads.
+* bytes fwd+bwd = bytes fwd + bytes bwd + s * saved (the forward writes what the backward reads).
+
+Clip-by-global-norm over N gradient elements: the norm reads every gradient once and the scale
+reads and writes it once: bytes = 3*N*s.  Its arithmetic (about 3 flops per element) is not
+matmul work, so its floor is bytes / bandwidth.
+
+What the floor leaves out: the recurrence is sequential (step t needs step t-1), so a layer at
+small batch is bound by T dependent steps of latency, not by FLOPs or bytes; its rows sit far
+above this floor, and the ratio says how far.  W_hh is counted once, although a kernel that
+cannot keep it on chip re-reads it every step.
+"""
+import torch
+
+from .timing import device_time
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def layer_model(mode, T, B, I, H, layers=1, bidirectional=False):
+    """{'fwd': (flops, bytes per element size), 'bwd': ..., 'fwd+bwd': ...} of a recurrent
+    layer stack; multiply the second entry by the element size for bytes."""
+    G = GATES[mode]
+    D = 2 if bidirectional else 1
+    flops = weights = inputs = outputs = saved = 0
+    states = (2 if mode == "lstm" else 1) * layers * D * B * H      # h0 (and c0)
+    for layer in range(layers):
+        i_l = I if layer == 0 else D * H
+        flops += D * 2 * T * B * (i_l + H) * G * H
+        weights += D * (G * H * (i_l + H) + 2 * G * H)
+        inputs += T * B * i_l
+        outputs += T * B * D * H
+        saved += D * T * B * G * H
+    fwd = weights + inputs + states + outputs + states
+    bwd = 2 * weights + 2 * (inputs + states) + outputs + states + saved
+    return {"fwd": (flops, fwd), "bwd": (2 * flops, bwd), "fwd+bwd": (3 * flops, fwd + bwd + saved)}
+
+
+def model(case):
+    """{pass: (flops, elements moved)} of a case from :mod:`bench.cases` (a layer stack, a
+    one-step cell, or a clip parameter set); bytes = elements * element size."""
+    if case.op == "clip":
+        return clip_model(case.numel)
+    if case.op.endswith("_cell"):
+        return layer_model(case.op[: -len("_cell")], 1, case.B, case.I, case.H)
+    return layer_model(case.op, case.T, case.B, case.I, case.H, case.layers, case.bidirectional)
+
+
+def clip_model(numel):
+    """{'clip': (None, elements moved)}: memory-bound, no matmul FLOPs."""
+    return {"clip": (None, 3 * numel)}
+
+
+def measure(device, dtypes, *, copy_elems=None, matmul_n=None, rep_ms=100):
+    """Measure the copy bandwidth (bytes/s) and the matmul rate (FLOP/s) of each dtype in
+    ``dtypes`` (torch dtypes) on ``device``; random data, never zeros."""
+    cuda = device.type == "cuda"
+    if copy_elems is None:
+        copy_elems = 2**28 if cuda else 2**24          # 1 GiB / 64 MiB of float32
+        if cuda:
+            free, _ = torch.cuda.mem_get_info(device)
+            copy_elems = min(copy_elems, free // 16)
+    if matmul_n is None:
+        matmul_n = 8192 if cuda else 1024
+    src = torch.randn(copy_elems, device=device)
+    dst = torch.randn(copy_elems, device=device)
+    ms, _, _ = device_time(lambda: dst.copy_(src), device, rep_ms=rep_ms)
+    copy_bytes_s = 2 * copy_elems * src.element_size() / (ms * 1e-3)
+    del src, dst
+    rates = {}
+    for dtype in dtypes:
+        a = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
+        b = torch.randn(matmul_n, matmul_n, device=device).to(dtype)
+        ms, _, _ = device_time(lambda: torch.matmul(a, b), device, rep_ms=rep_ms)
+        rates[dtype] = 2 * matmul_n**3 / (ms * 1e-3)
+        del a, b
+    return Hardware(copy_bytes_s, rates, copy_elems, matmul_n)
+
+
+class Hardware:
+    """The measured rates, and the floor they give a row."""
+
+    def __init__(self, copy_bytes_s, matmul_flop_s, copy_elems, matmul_n):
+        self.copy_bytes_s = copy_bytes_s
+        self.matmul_flop_s = matmul_flop_s          # {torch dtype: FLOP/s}
+        self.copy_elems = copy_elems
+        self.matmul_n = matmul_n
+
+    def floor_ms(self, flops, nbytes, dtype):
+        """max(flops / matmul rate of ``dtype``, bytes / copy bandwidth), in ms."""
+        t = nbytes / self.copy_bytes_s
+        if flops:
+            t = max(t, flops / self.matmul_flop_s[dtype])
+        return t * 1e3
+
+    def as_dict(self, dtype_name):
+        return dict(
+            copy_gb_s=self.copy_bytes_s / 1e9,
+            copy_bytes=2 * self.copy_elems * 4,
+            matmul_n=self.matmul_n,
+            matmul_tflop_s={dtype_name(d): r / 1e12 for d, r in self.matmul_flop_s.items()},
+        )

@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# The one script to run on a GPU machine (see GPU.md): an offline editable install,
+# nvidia-smi and the versions, the test suite on CUDA without the interpreter, then the quick
+# benchmark.  Everything goes under OUTDIR (gpu_check.log, install.log, nvidia-smi.txt,
+# versions.txt, tests.log, tests.xml, bench.log, the JSON rows, the markdown table, the PNG
+# plots); a short summary is printed last.
+#
+#   bash bench/gpu_check.sh OUTDIR
+#
+# It is built to end inside 8 minutes on an H100: every stage runs under `timeout` with a share of a
+# 450 s budget (FASTCELLS_CHECK_BUDGET_S), a failing or slow stage is recorded and the script
+# goes on, and the benchmark writes its rows after every case, so a cut run keeps them.
+# Without a GPU (a dry run) the test stage runs only the bench smoke test (CI runs the whole
+# suite) and the benchmark runs in its CPU mode.
+set -uo pipefail
+
+if [ $# -ne 1 ]; then
+  echo "usage: bash bench/gpu_check.sh OUTDIR" >&2
+  exit 2
+fi
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+mkdir -p "$1" && OUT="$(cd "$1" && pwd)"
+cd "$ROOT" || exit 2
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
+BUDGET_S="${FASTCELLS_CHECK_BUDGET_S:-450}"
+TESTS_MAX_S=240          # the test suite's share at most
+BENCH_MIN_S=150          # what the quick benchmark is left at least
+REPORT_S=40              # the table and plots
+SWEEP_S=80               # the tile sweep (GPU only)
+LOG="$OUT/gpu_check.log"
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET   # real compilation on the GPU
+: > "$LOG"
+START=$SECONDS
+STATUS=()
+FAILED=0
+
+say() { echo "$*" | tee -a "$LOG"; }
+left() { echo $(( BUDGET_S - (SECONDS - START) )); }
+min() { if [ "$1" -lt "$2" ]; then echo "$1"; else echo "$2"; fi; }
+
+# stage NAME LIMIT_S FILE CMD...: run CMD under `timeout`, its output in FILE (and the log),
+# and record how it went.  Returns CMD's exit status.
+stage() {
+  local name=$1 limit=$2 file=$3
+  shift 3
+  if [ "$limit" -lt 10 ]; then
+    say "== $name: skipped, no time left"
+    STATUS+=("$(printf '%-9s %s' "$name" "skipped: no time left")")
+    FAILED=1
+    return 99
+  fi
+  say "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS rc what
+  timeout -k 10 "$limit" "$@" > "$file" 2>&1
+  rc=$?
+  cat "$file" >> "$LOG"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    what="TIMED OUT at ${limit}s"
+  elif [ $rc -ne 0 ]; then
+    what="failed (exit $rc)"
+  else
+    what="ok"
+  fi
+  [ $rc -eq 0 ] || FAILED=1
+  STATUS+=("$(printf '%-9s %-22s %4ss  %s' "$name" "$what" "$(( SECONDS - t0 ))" "${file#"$OUT"/}")")
+  say "== $name: $what in $(( SECONDS - t0 ))s"
+  return $rc
+}
+
+say "fastcells gpu_check: $(date -u +%Y-%m-%dT%H:%M:%SZ) in $ROOT -> $OUT (budget ${BUDGET_S}s)"
+
+# 1. Offline editable install (no network there: no index, no dependencies, no isolation).
+#    Where pip cannot (no setuptools or wheel in that environment), a path finder does what an
+#    editable install does: fastcells and fastcells.kernels (kernels/) imported from this checkout.
+from_checkout() {
+  "$PY" - "$ROOT" << 'PYEOF'
+import pathlib, sys
+root = pathlib.Path(sys.argv[1]).resolve()
+import fastcells, fastcells.kernels
+for mod in (fastcells, fastcells.kernels):
+    where = pathlib.Path(mod.__file__).resolve()
+    print(mod.__name__, "from", where)
+    if root not in where.parents:
+        sys.exit(f"{mod.__name__} is not imported from {root}")
+PYEOF
+}
+write_finder() {
+  "$PY" - "$ROOT" << 'PYEOF'
+import pathlib, sys, sysconfig
+root = pathlib.Path(sys.argv[1]).resolve()
+site = pathlib.Path(sysconfig.get_paths()["purelib"])
+(site / "_fastcells_checkout_finder.py").write_text(f"""\
+# Written by bench/gpu_check.sh where pip could not install fastcells: imports fastcells and
+# fastcells.kernels from the checkout {root}, as an editable install would.
+import importlib.util, sys
+_MAP = {{'fastcells': {str(root / 'fastcells')!r}, 'fastcells.kernels': {str(root / 'kernels')!r}}}
+class _CheckoutFinder:
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        where = _MAP.get(name)
+        if where is None:
+            return None
+        return importlib.util.spec_from_file_location(
+            name, where + "/__init__.py", submodule_search_locations=[where])
+sys.meta_path.insert(0, _CheckoutFinder)
+""")
+(site / "_fastcells_checkout.pth").write_text("import _fastcells_checkout_finder\n")
+print("wrote", site / "_fastcells_checkout.pth")
+PYEOF
+}
+stage install 120 "$OUT/install.log" \
+  "$PY" -m pip install --no-index --no-deps --no-build-isolation -e .
+if ! from_checkout >> "$OUT/install.log" 2>&1; then
+  say "pip could not install fastcells from this checkout (see install.log): adding a path finder"
+  write_finder >> "$OUT/install.log" 2>&1
+  if from_checkout >> "$OUT/install.log" 2>&1; then
+    FAILED=0      # pip's failure is the environment's; fastcells imports from the checkout
+    STATUS+=("$(printf '%-9s %s' install "pip failed; fastcells imported from the checkout by a path finder")")
+  fi
+fi
+if ! from_checkout 2>&1 | tee -a "$OUT/install.log" "$LOG"; then
+  say "fastcells does not import from $ROOT: see $OUT/install.log; stopping."
+  printf '  %s\n' "${STATUS[@]}"
+  exit 1
+fi
+
+# 2. The machine and the versions.
+HAS_CUDA=0
+"$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" && HAS_CUDA=1
+if command -v nvidia-smi > /dev/null; then
+  stage nvidia-smi 30 "$OUT/nvidia-smi.txt" bash -c \
+    "nvidia-smi && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.sm,power.limit,persistence_mode --format=csv"
+else
+  say "== nvidia-smi: not on this machine"
+  STATUS+=("$(printf '%-9s %s' nvidia-smi "not on this machine")")
+fi
+stage versions 60 "$OUT/versions.txt" "$PY" - <<'PYEOF'
+import importlib.metadata as md, platform, subprocess
+import torch, triton, fastcells
+print("python", platform.python_version(), platform.platform())
+for pkg in ("torch", "triton", "numpy", "pytest", "pytest-benchmark", "matplotlib", "setuptools"):
+    try:
+        print(pkg, md.version(pkg))
+    except md.PackageNotFoundError:
+        print(pkg, "not installed")
+print("cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+print("tf32 matmul", torch.backends.cuda.matmul.allow_tf32, "| float32 matmul precision", torch.get_float32_matmul_precision())
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print("gpu", p.name, f"{p.total_memory / 2**30:.1f} GiB", "capability", f"{p.major}.{p.minor}", "SMs", p.multi_processor_count)
+else:
+    print("gpu none")
+print("fastcells", fastcells.__file__)
+try:
+    print("commit", subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or "unknown")
+except Exception as e:
+    print("commit unknown", type(e).__name__)
+PYEOF
+cat "$OUT/versions.txt"
+
+# 3. The test suite on CUDA, without the interpreter (on CPU: the bench smoke test only).
+if [ $HAS_CUDA -eq 1 ]; then
+  # Compiling the kernels' variants is most of the suite's time there: spread it over the
+  # CPU cores with pytest-xdist where it is installed.
+  XDIST=()
+  "$PY" -c "import xdist" 2> /dev/null && XDIST=(-n 8)
+  stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - SWEEP_S - REPORT_S )))" "$OUT/tests.log" \
+    "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 "${XDIST[@]}" --junitxml="$OUT/tests.xml"
+else
+  say "No CUDA GPU: the full test suite is CI's job (bash .ci/run); running the bench smoke test only."
+  stage tests 120 "$OUT/tests.log" \
+    "$PY" -m pytest tests/test_bench_smoke.py -q -rfE -p no:cacheprovider --junitxml="$OUT/tests.xml"
+fi
+TESTS_LINE="$(grep -E '[0-9]+ (passed|failed|error)' "$OUT/tests.log" | tail -n 1)"
+say "tests: ${TESTS_LINE:-no summary line (see tests.log)}"
+grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" | head -n 30 | tee -a "$LOG"
+
+# 3b. The step kernels' tile sweep and CUDA graphs on/off at the fastrnns shape (GPU only).
+if [ $HAS_CUDA -eq 1 ]; then
+  stage sweep "$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S )))" "$OUT/tile_sweep.log" \
+    "$PY" bench/tile_sweep.py --out "$OUT/tile_sweep.json"
+  tail -n 22 "$OUT/tile_sweep.log"
+fi
+
+# 4. The quick benchmark: rows written after every case; a soft budget stops it starting new
+#    cases in time, and `timeout` is the hard stop.
+BENCH_S=$(( $(left) - REPORT_S ))
+stage bench "$BENCH_S" "$OUT/bench.log" \
+  "$PY" bench/run.py --quick --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
+[ -f "$OUT/bench.log" ] && tail -n 3 "$OUT/bench.log"
+JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
+
+# 5. The markdown table and the plots, drawn from the rows.
+if [ -n "$JSON" ]; then
+  stage report "$(min $REPORT_S $(( $(left) + 20 )))" "$OUT/report.log" "$PY" bench/report.py "$JSON"
+else
+  say "== report: no JSON rows were written (see bench.log)"
+  STATUS+=("$(printf '%-9s %s' report "no JSON rows")")
+  FAILED=1
+fi
+
+# 6. The summary, last.
+echo
+echo "== gpu_check: $(( SECONDS - START ))s in all; files in $OUT"
+printf '  %s\n' "${STATUS[@]}"
+echo "  tests: ${TESTS_LINE:-no summary line}"
+if [ -n "$JSON" ]; then
+  echo
+  "$PY" bench/report.py --summary --no-write "$JSON" 2>&1 | tee -a "$LOG"
+fi
+exit $FAILED

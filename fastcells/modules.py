@@ -110,15 +110,8 @@ class RNN(_RecurrentNet, nn.RNN):
 
 
 # ---------------------------------------------------------------------------------- cells
-_ATEN_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half",
-               torch.bfloat16: "BFloat16"}
-
-
-def _check_cell_args(input, hiddens, input_size, hidden_size, weight):
+def _check_cell_args(input, hiddens, input_size, hidden_size):
     """ATen's checks for the fused cells, with its messages."""
-    if input.dtype != weight.dtype:
-        names = [_ATEN_NAMES.get(d, str(d)) for d in (input.dtype, weight.dtype)]
-        raise RuntimeError(f"mat1 and mat2 must have the same dtype, but got {names[0]} and {names[1]}")
     if input.size(1) != input_size:
         raise RuntimeError(
             f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")
@@ -132,6 +125,10 @@ def _check_cell_args(input, hiddens, input_size, hidden_size, weight):
 
 
 class _Cell(_Backend):
+    def _torch_decides(self, input):
+        # Mixed dtypes: whatever torch does (its error, worded per device, or autocast's cast).
+        return input.dtype != self.weight_ih.dtype
+
     def _prepare(self, input, hx, n_states):
         name = self._torch_name()
         if input.dim() not in (1, 2):
@@ -151,7 +148,7 @@ class _Cell(_Backend):
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if n_states == 2 else hx.unsqueeze(0)
         hiddens = hx if n_states == 2 else (hx,)
-        _check_cell_args(input, hiddens, self.input_size, self.hidden_size, self.weight_ih)
+        _check_cell_args(input, hiddens, self.input_size, self.hidden_size)
         return input, hx, is_batched
 
 
@@ -159,7 +156,7 @@ class LSTMCell(_Cell, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
-        if resolve(self.backend, input) == "native":
+        if resolve(self.backend, input) == "native" or self._torch_decides(input):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 2)
         h, c = functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
@@ -171,7 +168,7 @@ class GRUCell(_Cell, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
-        if resolve(self.backend, input) == "native":
+        if resolve(self.backend, input) == "native" or self._torch_decides(input):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 1)
         h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
@@ -183,7 +180,7 @@ class RNNCell(_Cell, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
-        if resolve(self.backend, input) == "native":
+        if resolve(self.backend, input) == "native" or self._torch_decides(input):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 1)
         fn = functional.rnn_tanh_cell if self.nonlinearity == "tanh" else functional.rnn_relu_cell

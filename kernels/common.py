@@ -78,13 +78,13 @@ def tl_dtype(dtype):
             torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
-def dot_flags(dtype):
+def dot_flags(dtype, allow_tf32=False):
     """(UPCAST, PRECISION) for tl.dot on ``dtype`` operands.
 
-    fp32 follows torch's matmul setting: TF32 only when torch would use it.  bf16 is upcast
+    fp32 runs in TF32 only when the caller says torch would (``allow_tf32``).  bf16 is upcast
     under the interpreter only (Triton issue 11584: it multiplies the raw bits)."""
     upcast = dtype == torch.bfloat16 and interpreting()
-    if dtype == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and allow_tf32 and not interpreting():
         return upcast, "tf32"
     return upcast, "ieee"
 

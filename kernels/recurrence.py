@@ -38,7 +38,8 @@ CELLS = {
 
 def _launch_config(B, H, K, dtype):
     block_b, block_h, block_k, warps = step_tiles(B, H, K)
-    upcast, precision = dot_flags(dtype)
+    # fp32 recurrent matmuls follow the flag torch's own RNNs (cuDNN) follow: TF32 by default.
+    upcast, precision = dot_flags(dtype, torch.backends.cudnn.allow_tf32)
     grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
     meta = dict(ACC=tl_dtype(acc_dtype(dtype)), UPCAST=upcast, PRECISION=precision,
                 BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=warps)

@@ -262,13 +262,13 @@ def test_batch_first_equals_time_major():
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_fastcells_backends_agree_with_native(backend):
+def test_fastcells_backends_agree_with_native(backend, device):
     T, B, I, H = 5, 3, 3, 7
     torch.manual_seed(5)
-    x = torch.randn(T, B, I, dtype=F64)
+    x = torch.randn(T, B, I, dtype=F64, device=device)
     for cls in (fastcells.LSTM, fastcells.GRU):
-        native = cls(I, H, backend="native").double()
-        other = cls(I, H, backend=backend).double()
+        native = cls(I, H, backend="native").double().to(device)
+        other = cls(I, H, backend=backend).double().to(device)
         other.load_state_dict(native.state_dict())
         assert_close(hidden_grad_norms(other, x, _weighted_loss).norms,
                      hidden_grad_norms(native, x, _weighted_loss).norms)

@@ -37,13 +37,23 @@ CELLS = {
 
 
 def _launch_config(B, H, K, dtype):
-    block_b, block_h, block_k, warps = step_tiles(B, H, K)
+    block_b, block_h, block_k, warps = step_tiles(B, H, K, dtype)
     # fp32 recurrent matmuls follow the flag torch's own RNNs (cuDNN) follow: TF32 by default.
     upcast, precision = dot_flags(dtype, torch.backends.cudnn.allow_tf32)
     grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
     meta = dict(ACC=tl_dtype(acc_dtype(dtype)), UPCAST=upcast, PRECISION=precision,
                 BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=warps)
     return grid, meta
+
+
+# Below this many steps, copying into a graph's static buffers and cloning out costs more host
+# time than the launches it saves (a cell is one step).
+MIN_GRAPH_STEPS = 4
+
+
+def _graphable(T, n_dev, proj):
+    # Packed batches vary per call: launched step by step, as is the projected LSTM.
+    return T >= MIN_GRAPH_STEPS and n_dev is None and not proj
 
 
 def _tiles_key(meta):
@@ -118,9 +128,8 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
                 if n_host is not None and n_host[t] < B:
                     hs[t + 1, n_host[t]:] = hs[t, n_host[t]:]
 
-    # Packed batches vary per call: launched step by step, as is the projected LSTM.
-    key = None if n_dev is not None or proj else ("fwd", mode, T, B, H, K, dt, dev, has_bias,
-                                                  _tiles_key(meta))
+    key = None if not _graphable(T, n_dev, proj) else ("fwd", mode, T, B, H, K, dt, dev,
+                                                        has_bias, _tiles_key(meta))
     bufs = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None and cuda_graph.enabled(dev) else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
@@ -186,8 +195,8 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
                 HAS_LENGTHS=n_dev is not None, PRE=proj, **meta, **spec.extra,
             )
 
-    key = None if n_dev is not None or proj else ("bwd", mode, T, B, H, K, dt, dev,
-                                                  _tiles_key(meta))
+    key = None if not _graphable(T, n_dev, proj) else ("bwd", mode, T, B, H, K, dt, dev,
+                                                        _tiles_key(meta))
     b = cuda_graph.run(key, inputs, outputs, steps)
     dgx = b["dgx"]
     dgh = b.get("dgh", dgx)

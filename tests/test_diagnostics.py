@@ -177,8 +177,8 @@ def _oracle(m, x, loss_fn, hx=None):
 def _weighted_loss(output, hidden):
     h_n = hidden[0] if isinstance(hidden, tuple) else hidden
     gen = torch.Generator().manual_seed(7)
-    r = torch.randn(output.shape, generator=gen, dtype=output.dtype)
-    s = torch.randn(h_n.shape, generator=gen, dtype=output.dtype)
+    r = torch.randn(output.shape, generator=gen, dtype=output.dtype).to(output.device)
+    s = torch.randn(h_n.shape, generator=gen, dtype=output.dtype).to(output.device)
     loss = (output * r).sum() + (h_n * s).sum()
     if isinstance(hidden, tuple):
         loss = loss + hidden[1].pow(2).sum()

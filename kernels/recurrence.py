@@ -46,9 +46,10 @@ def _launch_config(B, H, K, dtype):
     return grid, meta
 
 
-# Below this many steps, copying into a graph's static buffers and cloning out costs more host
-# time than the launches it saves (a cell is one step).
-MIN_GRAPH_STEPS = 4
+# Even one step (a cell) is replayed: a Triton launch from Python costs more host time than the
+# copies in and clones out of a graph (H200, LSTMCell B=64 H=512 fp32 forward: 0.37 ms a call
+# graphed, 0.79 ms launched directly; bench/results/2026-11-26_NVIDIA-H200_run3).
+MIN_GRAPH_STEPS = 1
 
 
 def _graphable(T, n_dev, proj):

@@ -44,6 +44,11 @@ class _Graphed:
         self.graph.replay()
 
 
+def clear():
+    """Drop every cached graph and its static buffers (their memory returns to torch's cache)."""
+    _cache.clear()
+
+
 def run(key, inputs, outputs, steps):
     """Run ``steps(bufs)``, a fixed sequence of launches over the tensors in ``bufs``.
 

@@ -25,8 +25,11 @@ def device_name(device):
 
 
 def git_commit():
-    """``git rev-parse HEAD`` of the repository (``-dirty`` when the tree has changes), or
-    'unknown' where there is no git or no repository (a copied tree)."""
+    """``git rev-parse HEAD`` of the repository (``-dirty`` when the tree has changes); in a
+    copied tree without ``.git`` (the GPU machine), ``FASTCELLS_COMMIT`` when set (pass it to
+    the run), else 'unknown'."""
+    if not os.path.isdir(os.path.join(ROOT, ".git")) and os.environ.get("FASTCELLS_COMMIT"):
+        return os.environ["FASTCELLS_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                               text=True, timeout=10)

@@ -9,7 +9,6 @@ import contextlib
 import os
 import threading
 
-import torch
 
 BACKENDS = ("auto", "triton", "reference", "native")
 ENV_VAR = "FASTCELLS_BACKEND"

@@ -17,6 +17,7 @@ the backward (double backward: gradient penalties, meta-learning) recomputes the
 reference math and differentiates that: the one place the kernels' wrappers use
 :mod:`fastcells.reference`, so every order works.
 """
+from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
 import torch
@@ -101,6 +102,31 @@ def _per_member(apply, info, in_dims, args):
     return stacked, tuple(None if o is None else 0 for o in stacked)
 
 
+def _legacy_batched(*tensors):
+    return any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
+
+
+def _legacy_vmap(rule, args):
+    """Run a vmap ``rule`` on legacy-batched arguments.  ``torch.autograd.grad(...,
+    is_grads_batched=True)`` (so ``torch.autograd.functional.jacobian(vectorize=True)``) batches
+    the backward with torch's older vmap, which calls no ``vmap`` staticmethod: unwrap the
+    batched tensors (their vmapped dimension first), apply the rule, wrap the results."""
+    level = torch._C._vmapmode_increment_nesting() - 1
+    torch._C._vmapmode_decrement_nesting()
+    raw, in_dims, n = [], [], None
+    for a in args:
+        if isinstance(a, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(a):
+            a = torch._remove_batch_dim(a, level, 1, 0)  # the size is ignored for batched ones
+            n = a.shape[0]
+            in_dims.append(0)
+        else:
+            in_dims.append(None)
+        raw.append(a)
+    outs, out_dims = rule(SimpleNamespace(batch_size=n, randomness="error"), tuple(in_dims), *raw)
+    return tuple(o if o is None or d is None else torch._add_batch_dim(o, d, level)
+                 for o, d in zip(outs, out_dims))
+
+
 # ------------------------------------------------------------------------- eager Functions
 class RNNLayer(torch.autograd.Function):
     """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m)."""
@@ -121,9 +147,12 @@ class RNNLayer(torch.autograd.Function):
     def backward(ctx, dy, dcs, _dsaved, _dm):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
         dcn = dcs[-1] if c0 is not None and dcs is not None and dcs.numel() else None
-        grads = RNNLayerBackward.apply(ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1,
-                                       x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m,
-                                       dy, dcn)
+        args = (ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1, x, h0, c0, w_ih, w_hh,
+                b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
+        if _legacy_batched(dy, dcn):
+            grads = _legacy_vmap(RNNLayerBackward.vmap, args)
+        else:
+            grads = RNNLayerBackward.apply(*args)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 

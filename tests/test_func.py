@@ -124,3 +124,27 @@ def test_vmap_packed_layer(device):
         return vmap(f)(xs)
     for a, b in zip(run(fast), run(ref)):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def test_vmapped_layer_is_one_batched_launch_per_step(device, monkeypatch):
+    """vmap folds the vmapped dimension into the batch: T step launches, not T per member."""
+    import dataclasses
+    from fastcells.kernels import recurrence
+
+    calls = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return self.kernel[grid]
+
+    spec = recurrence.CELLS["lstm"]
+    monkeypatch.setitem(recurrence.CELLS, "lstm", dataclasses.replace(spec, fwd=Counting(spec.fwd)))
+    (fast, _), x, _ = _case("layer-lstm", device)
+    xs = torch.randn(7, T, B, I, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        vmap(lambda x: fast(x)[0])(xs)
+    assert len(calls) == T

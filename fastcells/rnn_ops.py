@@ -128,7 +128,19 @@ def _legacy_vmap(rule, args):
 
 
 # ------------------------------------------------------------------------- eager Functions
-class RNNLayer(torch.autograd.Function):
+class _Function(torch.autograd.Function):
+    """An autograd Function whose eager call skips what torch's ``apply`` does for functorch on
+    every call (binding the arguments to ``forward``'s signature: tens of microseconds); under a
+    torch.func transform it takes torch's own path, which calls the ``vmap`` rules."""
+
+    @classmethod
+    def apply(cls, *args):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.function._SingleLevelFunction, cls).apply(*args)
+
+
+class RNNLayer(_Function):
     """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m)."""
 
     @staticmethod
@@ -169,7 +181,7 @@ class RNNLayer(torch.autograd.Function):
         return outs, dims
 
 
-class RNNLayerBackward(torch.autograd.Function):
+class RNNLayerBackward(_Function):
     """The layer's gradients on the kernels: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr].
     ``groups`` > 1: the batch holds that many interleaved problems (a folded vmap), and each
     weight gradient gets a leading dimension of that size."""

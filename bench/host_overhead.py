@@ -24,6 +24,7 @@ import time
 
 import torch
 
+torch_empty = torch.empty  # the real one (tests poison torch.empty with NaN)
 CASES = ("lstm_cell fwd", "lstm_cell fwd+bwd", "gru_cell fwd", "gru_cell fwd+bwd",
          "lstm T=16 fwd+bwd")
 TINY = dict(B=4, I=8, H=8, T=16)  # CPU: so that torch's own kernels cost little

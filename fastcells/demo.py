@@ -99,7 +99,7 @@ class ModelResult:
 
     @property
     def solved(self):
-        return solved(self.test_mse, self.baseline_mse)
+        return solved(self.test_mse, self.baseline_mse)   # the module's one definition
 
 
 @dataclass

@@ -208,7 +208,7 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
     if T > 0:
         dh0 += dgh[0].to(acc) @ w_hh.to(acc)
     dw_hh = dgh2.t() @ hs[:T].reshape(T * B, K)
-    dw_ih = dgx2.t() @ x.reshape(T * B, -1)
+    dw_ih = dgx2.t() @ x.reshape(T * B, x.shape[-1])  # not -1: ambiguous when T * B == 0
     dx = torch.matmul(dgx, w_ih) if need_input_grad else None
     db_ih = dgx2.sum(0) if has_bias else None
     db_hh = dgh2.sum(0) if has_bias else None

@@ -12,9 +12,11 @@ from torch.nn.utils import parametrize
 
 import fastcells
 from rnn_utils import CELLS, KINDS, flat, grads, loss_of, twins
+from tolerances import TOL
 
 T, B, I, H = 3, 2, 3, 5
 BACKENDS = ["triton", "reference"]
+TOL64 = TOL[torch.float64]  # parity with torch in float64 (tests/tolerances.py)
 ALL = {**{k: KINDS[k] for k in KINDS}, **{k + "_cell": CELLS[k] for k in CELLS}}
 TABLES = {**{k: (KINDS, k) for k in KINDS}, **{k + "_cell": (CELLS, k) for k in CELLS}}
 
@@ -52,7 +54,7 @@ def assert_same_outcome(got, want):
     assert got[0] == want[0], (got, want)
     if want[0] == "ok":
         for a, b in zip(got[1], want[1]):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(a, b, **TOL64)
     else:
         assert got[1] == want[1]
 
@@ -67,14 +69,14 @@ def assert_same_run(ref, fast, x, hx=None, empty_grad_may_be_none=False):
         else hx.clone().requires_grad_() for _ in range(2)]
     outs = [flat(m(v, h)) for m, v, h in zip((ref, fast), xs, hxs)]
     for a, b in zip(outs[1], outs[0]):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
     leaves = [[v] + list(flat(h) if h is not None else []) + list(m.parameters())
               for m, v, h in zip((ref, fast), xs, hxs)]
     g = [grads(loss_of(o), leaf) for o, leaf in zip(outs, leaves)]
     for a, b in zip(g[1], g[0]):
         if a is None and empty_grad_may_be_none and b is not None and b.numel() == 0:
             continue
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 # ------------------------------------------------------------------- 1. zero-size batches
@@ -173,12 +175,13 @@ def test_script_runs_torchs_module_on_the_same_parameters(name, device):
     scripted = torch.jit.script(Call(fast))
     x = make_x(name, device)
     for a, b in zip(flat(scripted(x)), flat(ref(x))):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
     assert scripted.m.original_name == type(ref).__name__
-    assert [p.data_ptr() for p in scripted.parameters()] == [p.data_ptr() for p in fast.parameters()]
+    ptrs = [p.data_ptr() for p in fast.parameters()]
+    assert [p.data_ptr() for p in scripted.parameters()] == ptrs
     with torch.no_grad():  # the same Parameters: a step on one is seen by the other
         next(fast.parameters()).add_(1.0)
-    torch.testing.assert_close(flat(scripted(x))[0], flat(fast(x))[0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(flat(scripted(x))[0], flat(fast(x))[0], **TOL64)
 
 
 def test_script_a_model(device):
@@ -187,12 +190,12 @@ def test_script_a_model(device):
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
     want = ref(x)
     scripted = torch.jit.script(model)
-    torch.testing.assert_close(scripted(x), want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(scripted(x), want, **TOL64)
     # torch.jit.script puts what __prepare_scriptable__ returns into the model itself (README)
     assert type(model.lstm) is nn.LSTM
     fastcells.convert(model)
     assert type(model.lstm) is fastcells.LSTM
-    torch.testing.assert_close(model(x), want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model(x), want, **TOL64)
 
 
 # ------------------------------------------------------------------------------- 5. fx
@@ -227,7 +230,7 @@ def test_fx_trace_model_keeps_fastcells_modules_as_leaves(backend, device, monke
     assert all(isinstance(gm.get_submodule(t), fastcells.modules._Backend) for t in leaves)
     calls = spy_on_kernels(monkeypatch)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
-    torch.testing.assert_close(gm(x), torch_model(model)(x), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gm(x), torch_model(model)(x), **TOL64)
     assert calls == ["rnn", "rnn", "rnn_relu_cell"]
 
 
@@ -262,7 +265,7 @@ def test_convert_keeps_a_parametrization_working(name, backend, device):
     torch.manual_seed(3)
     got = flat(new(x))
     for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
     loss_of(got).backward()
     assert original.grad is not None  # the gradient reaches the weight behind the dropout
     new.eval(), ref.eval()
@@ -313,7 +316,8 @@ def test_convert_warns_about_subclasses_it_leaves_alone():
 def test_readme_names_the_clip_deviation():
     import pathlib
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| `fastcells.clip_grad_norm_`"))
+    row = next(line for line in readme.splitlines()
+               if line.startswith("| `fastcells.clip_grad_norm_`"))
     assert "inf" in row and "empty" in row, row
 
 
@@ -364,7 +368,7 @@ def test_torch_export(backend, device):
     x = make_x("gru", device)
     ep = torch.export.export(fast, (x,))
     for a, b in zip(flat(ep.module()(x)), flat(ref(x))):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 def test_ddp_single_process_gloo(device, tmp_path):
@@ -379,7 +383,7 @@ def test_ddp_single_process_gloo(device, tmp_path):
         loss_of(flat(ddp(x))).backward()
         loss_of(flat(ref(x))).backward()
         for p, q in zip(fast.parameters(), ref.parameters()):
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(p.grad, q.grad, **TOL64)
     finally:
         dist.destroy_process_group()
 

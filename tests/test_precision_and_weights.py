@@ -8,11 +8,11 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import fastcells
-from fastcells.kernels import cuda_graph
 from rnn_utils import KINDS, flat, grads, loss_of, twins
-from tolerances import U
+from tolerances import TOL, U
 
 BACKENDS = ["triton", "reference"]
+TOL64 = TOL[torch.float64]  # parity with torch in float64 (tests/tolerances.py)
 T, B, I, H = 6, 3, 4, 5
 
 
@@ -85,16 +85,16 @@ def test_no_dropout_after_the_last_layer(kind, backend, device):
     with pytest.warns(UserWarning, match="dropout"):
         ref, one = twins(KINDS, kind, I, H, backend=backend, device=device, dropout=0.5)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
-    torch.testing.assert_close(flat(one(x))[0], flat(ref(x))[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(flat(one(x))[0], flat(ref(x))[0], **TOL64)
 
 
 # ------------------------------------------------------------------ weights built oddly
 def _same_run(ref, fast, x, params_ref, params_fast):
     out_ref, out_fast = flat(ref(x)), flat(fast(x))
     for a, b in zip(out_fast, out_ref):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
     for a, b in zip(grads(loss_of(out_fast), params_fast), grads(loss_of(out_ref), params_ref)):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(a, b, **TOL64)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -133,8 +133,10 @@ def test_one_parameter_shared_by_two_modules(backend, device):
     def run(a, b):
         return lambda x: b(a(x)[0])
 
-    params_ref = list(ref_a.parameters()) + [p for p in ref_b.parameters() if p is not ref_a.weight_hh_l0]
-    params_fast = list(fast_a.parameters()) + [p for p in fast_b.parameters() if p is not fast_a.weight_hh_l0]
+    def params(a, b):  # each Parameter once
+        return list(a.parameters()) + [p for p in b.parameters() if p is not a.weight_hh_l0]
+
+    params_ref, params_fast = params(ref_a, ref_b), params(fast_a, fast_b)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
     _same_run(run(ref_a, ref_b), run(fast_a, fast_b), x, params_ref, params_fast)
 
@@ -155,44 +157,6 @@ def test_parametrized_weights(kind, backend, device):
     _same_run(ref, fast, x, list(ref.parameters()), list(fast.parameters()))
     with parametrize.cached():
         _same_run(ref, fast, x, list(ref.parameters()), list(fast.parameters()))
-
-
-# ---------------------------------------------------------- CUDA-graph cache eviction
-@pytest.fixture
-def fake_graphs(monkeypatch):
-    """Capture and replay stood in for, as in tests/test_cuda_graph_logic.py."""
-    captured = []
-
-    def capture(self, steps):
-        self.steps = steps
-        captured.append(self)
-
-    monkeypatch.setattr(cuda_graph, "enabled", lambda device: True)
-    monkeypatch.setattr(cuda_graph._Graphed, "_capture", capture)
-    monkeypatch.setattr(cuda_graph._Graphed, "replay", lambda self: self.steps(self.bufs))
-    monkeypatch.setattr(cuda_graph, "_cache", type(cuda_graph._cache)())
-    monkeypatch.setattr(cuda_graph, "MAX_GRAPHS", 2)
-    return captured
-
-
-def test_cuda_graph_cache_evicts_least_recently_used(fake_graphs, device):
-    ref, fast = twins(KINDS, "rnn_tanh", I, H, backend="triton", device=device)
-
-    def call(steps):
-        x = torch.randn(steps, B, I, dtype=torch.float64, device=device)
-        with torch.no_grad():
-            torch.testing.assert_close(fast(x)[0], ref(x)[0], rtol=1e-9, atol=1e-9)
-        return [k[2] for k in cuda_graph._cache]   # the cached sequence lengths, LRU first
-
-    assert call(2) == [2]
-    assert call(3) == [2, 3]
-    assert call(2) == [3, 2]          # a hit moves to the end
-    assert call(4) == [2, 4]          # 3, least recently used, evicted
-    assert len(fake_graphs) == 3
-    assert call(3) == [4, 3]          # captured again, and still right
-    assert len(fake_graphs) == 4
-    cuda_graph.clear()
-    assert not cuda_graph._cache
 
 
 # ------------------------------------------------------------- 64-bit offsets (GPU only)

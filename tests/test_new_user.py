@@ -421,3 +421,40 @@ def test_dynamo_patch_that_cannot_apply_warns(moved, monkeypatch):
 
 class _NoAllowRnn:
     """A Dynamo config without the allow_rnn flag."""
+
+
+# ------------------------------------------------------------------------------ torch.func
+@pytest.mark.parametrize("backend", [
+    pytest.param("triton", marks=pytest.mark.xfail(
+        strict=True, raises=RuntimeError,
+        reason="the layer op's autograd.Function has no setup_context staticmethod, which "
+               "functorch transforms require (fastcells/functions.py)")),
+    "reference"])
+def test_torch_func_grad_and_jacrev(backend, device):
+    from torch.func import functional_call, grad, jacrev
+    ref, fast = pair("gru", backend, device)
+    x = make_x("gru", device)
+
+    def loss(params, m):
+        return functional_call(m, params, (x,))[0].pow(2).sum()
+
+    g_ref = grad(loss)(dict(ref.named_parameters()), ref)
+    g_fast = grad(loss)(dict(fast.named_parameters()), fast)
+    for k in g_ref:
+        torch.testing.assert_close(g_fast[k], g_ref[k], **TOL64)
+    j_ref = jacrev(lambda v: ref(v)[0].sum(0))(x)
+    j_fast = jacrev(lambda v: fast(v)[0].sum(0))(x)
+    torch.testing.assert_close(j_fast, j_ref, **TOL64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["lstm", "gru_cell"])
+def test_jit_trace_replays_on_new_data(name, backend, device):
+    """A traced module must compute, not replay constants recorded from the example input."""
+    ref, fast = pair(name, backend, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on Python values it saw
+        traced = torch.jit.trace(fast, (make_x(name, device),))
+    x = make_x(name, device)
+    for a, b in zip(flat(traced(x)), flat(ref(x))):
+        torch.testing.assert_close(a, b, **TOL64)

@@ -86,3 +86,26 @@ def test_threads_never_share_graph_buffers(fake_graphs, device, monkeypatch):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert len(fake_graphs) == n_before + 2  # one forward graph per thread
+
+
+def test_cache_evicts_least_recently_used(fake_graphs, device, monkeypatch):
+    """At most MAX_GRAPHS cached; the least recently used goes; an evicted shape recaptures."""
+    I, H, B = 4, 5, 3
+    monkeypatch.setattr(cuda_graph, "MAX_GRAPHS", 2)
+    ref, fast = twins(KINDS, "rnn_tanh", I, H, backend="triton", device=device)
+
+    def call(steps):
+        x = torch.randn(steps, B, I, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            assert_close(fast(x)[0], ref(x)[0], torch.float64)
+        return [k[2] for k in cuda_graph._cache]   # the cached sequence lengths, LRU first
+
+    assert call(2) == [2]
+    assert call(3) == [2, 3]
+    assert call(2) == [3, 2]          # a hit moves to the end
+    assert call(4) == [2, 4]          # 3, least recently used, evicted
+    assert len(fake_graphs) == 3
+    assert call(3) == [4, 3]          # captured again, and still right
+    assert len(fake_graphs) == 4
+    cuda_graph.clear()
+    assert not cuda_graph._cache

@@ -366,9 +366,10 @@ rnn_layer.register_autograd(_op_backward, setup_context=_op_setup_context)
 def recurrent_layer(mode, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
                     batch_sizes=None):
     """One layer, one direction on the fused kernels: returns (y (T, B, K), h_n, c_n or None).
-    Eager calls take the autograd Function; torch.compile traces the custom op."""
+    Eager calls take the autograd Function; torch.compile and torch.jit.trace record the custom
+    op (a trace records ops, and the Function's kernels are none)."""
     args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         y, cs, _, _ = torch.ops.fastcells.rnn_layer(*args)
     else:
         y, cs, _, _ = RNNLayer.apply(*args)

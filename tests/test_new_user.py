@@ -202,7 +202,8 @@ def test_script_a_model(device):
 def spy_on_kernels(monkeypatch):
     """Count calls into fastcells' ops (not torch's own)."""
     calls = []
-    for fn in ("rnn", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell"):
+    for fn in ("rnn", "rnn_on", "cell_on", "lstm_cell", "gru_cell", "rnn_tanh_cell",
+               "rnn_relu_cell"):
         real = getattr(fastcells.functional, fn)
         monkeypatch.setattr(fastcells.functional, fn,
                             lambda *a, _real=real, _fn=fn, **k: calls.append(_fn) or _real(*a, **k))
@@ -231,7 +232,7 @@ def test_fx_trace_model_keeps_fastcells_modules_as_leaves(backend, device, monke
     calls = spy_on_kernels(monkeypatch)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
     torch.testing.assert_close(gm(x), torch_model(model)(x), **TOL64)
-    assert calls == ["rnn", "rnn", "rnn_relu_cell"]
+    assert calls == ["rnn_on", "rnn_on", "cell_on"]
 
 
 # --------------------------------------------------------------------------- 6. convert
@@ -424,12 +425,7 @@ class _NoAllowRnn:
 
 
 # ------------------------------------------------------------------------------ torch.func
-@pytest.mark.parametrize("backend", [
-    pytest.param("triton", marks=pytest.mark.xfail(
-        strict=True, raises=RuntimeError,
-        reason="the layer op's autograd.Function has no setup_context staticmethod, which "
-               "functorch transforms require (fastcells/functions.py)")),
-    "reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_torch_func_grad_and_jacrev(backend, device):
     from torch.func import functional_call, grad, jacrev
     ref, fast = pair("gru", backend, device)

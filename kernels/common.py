@@ -115,3 +115,17 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
         block_h = 32
     block_k = 64 if k >= 64 else (32 if k >= 32 else 16)
     return block_b, block_h, block_k, 4
+
+
+@triton.jit
+def add_rows_times_wt(acc, a_ptr, w_ptr, rows, cols, mr, mc, K,
+                      UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A[rows, :K] @ W[cols, :K]^T with A (., K) and W (., K) row-major (``w_ptr`` at the
+    gate's first row): the forward recurrence h_{t-1} W_hh^T for one gate of this tile."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < K
+        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[None, :] * K + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+        acc = dot_acc(acc, a, w, UPCAST, PRECISION)
+    return acc

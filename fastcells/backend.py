@@ -6,14 +6,15 @@
 ``native``    torch's own ops (cuDNN/oneDNN RNNs, torch.nn.utils.clip_grad_norm_)
 """
 import contextlib
+import contextvars
 import os
-import threading
 
 
 BACKENDS = ("auto", "triton", "reference", "native")
 ENV_VAR = "FASTCELLS_BACKEND"
 
-_state = threading.local()
+# The innermost use_backend(): a ContextVar, so each thread and each asyncio task sees its own.
+_current = contextvars.ContextVar("fastcells_backend", default=None)
 
 
 def _check_name(name):
@@ -24,9 +25,9 @@ def _check_name(name):
 
 def default_backend():
     """The backend in force: the innermost ``use_backend``, else ``FASTCELLS_BACKEND``, else auto."""
-    stack = getattr(_state, "stack", None)
-    if stack:
-        return stack[-1]
+    name = _current.get()
+    if name is not None:
+        return name
     env = os.environ.get(ENV_VAR, "").strip()
     if env:
         try:
@@ -40,15 +41,11 @@ def default_backend():
 def use_backend(name):
     """Run the enclosed fastcells ops on backend ``name`` (modules built with an explicit
     ``backend=`` keep theirs)."""
-    _check_name(name)
-    stack = getattr(_state, "stack", None)
-    if stack is None:
-        stack = _state.stack = []
-    stack.append(name)
+    token = _current.set(_check_name(name))
     try:
         yield name
     finally:
-        stack.pop()
+        _current.reset(token)
 
 
 def interpreter_enabled():
@@ -56,8 +53,11 @@ def interpreter_enabled():
 
 
 def resolve(backend, tensor):
-    """Resolve ``backend`` (None means the default) to a concrete one for ``tensor``'s device."""
-    name = default_backend() if backend is None else _check_name(backend)
+    """Resolve ``backend`` (None means the default) to a concrete one for ``tensor``'s device.
+    Called once per call, at the module or functional entry; what it returns is passed down."""
+    name = default_backend() if backend is None else backend
+    if name == "native" or name == "reference":
+        return name
     if name == "auto":
         return "triton" if tensor.is_cuda else "native"
     if name == "triton" and not tensor.is_cuda and not interpreter_enabled():
@@ -66,4 +66,6 @@ def resolve(backend, tensor):
             "set TRITON_INTERPRET=1 (before importing triton) to run the kernels on CPU through "
             "Triton's interpreter, or use backend 'native' or 'reference'"
         )
+    if name != "triton":
+        _check_name(name)
     return name

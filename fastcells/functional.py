@@ -1,18 +1,17 @@
 """The differentiable ops the modules are built from.
 
 ``rnn`` runs a whole multi-layer (bidirectional, packed) recurrent network; the ``*_cell``
-functions run one step.  ``backend`` is resolved per call (see :mod:`fastcells.backend`); each
+functions run one step.  ``backend`` is resolved once per call (see :mod:`fastcells.backend`),
+here or by the module that calls :func:`rnn_on` / :func:`cell_on` with a resolved name; each
 backend supplies only the single-layer, single-direction primitive, everything around it
 (layers, directions, dropout, packing) is shared.
 """
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from . import reference
 from .backend import resolve
-from .functions import recurrent_layer
+from .rnn_ops import recurrent_layer
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -40,11 +39,13 @@ _AUTOCAST = {
 }
 
 
+def _autocasting(device_type):
+    return device_type in _AUTOCAST and torch.is_autocast_enabled(device_type)
+
+
 def _autocast(mode, kind, device_type, tensors):
-    """Under torch.autocast, cast like torch would, then run with autocast off (the kernels
-    take one dtype). Returns (tensors, context manager)."""
-    if device_type not in _AUTOCAST or not torch.is_autocast_enabled(device_type):
-        return tensors, contextlib.nullcontext()
+    """Under torch.autocast (see :func:`_autocasting`), cast like torch would, then run with
+    autocast off (the kernels take one dtype). Returns (tensors, context manager)."""
     if (mode, kind) in _AUTOCAST[device_type]:
         dt = _AUTOCAST[device_type][mode, kind] or torch.get_autocast_dtype(device_type)
         tensors = [t.to(dt) if t is not None and t.is_floating_point() else t for t in tensors]
@@ -82,11 +83,20 @@ def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, train
     with its ``batch_sizes``; hx: h0 (L*D, B, K) or (h0, c0) for the LSTM; weights: the
     module's ``_flat_weights`` order.  Returns (output, h_n) or (output, (h_n, c_n))."""
     _check_mode(mode)
-    be = resolve(backend, input)
+    return rnn_on(resolve(backend, input), mode, input, hx, weights, num_layers, bias, dropout,
+                  training, bidirectional, batch_first, batch_sizes, proj_size)
+
+
+def rnn_on(be, mode, input, hx, weights, num_layers=1, bias=True, dropout=0.0, training=False,
+           bidirectional=False, batch_first=False, batch_sizes=None, proj_size=0):
+    """:func:`rnn` on the resolved backend ``be`` ('triton', 'reference' or 'native')."""
     if be == "native":
         return _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training,
                            bidirectional, batch_first, batch_sizes)
     h0, c0 = hx if mode == "lstm" else (hx, None)
+    if not _autocasting(input.device.type):
+        return _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training,
+                    bidirectional, batch_first, batch_sizes, proj_size)
     (input, h0, c0, *weights), no_autocast = _autocast(mode, "layer", input.device.type,
                                                        [input, h0, c0, *weights])
     with no_autocast:
@@ -152,13 +162,19 @@ def _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training, b
 
 # ---------------------------------------------------------------------------------- the cells
 def _cell(mode, input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
-    be = resolve(backend, input)
+    return cell_on(resolve(backend, input), mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def cell_on(be, mode, input, h, c, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One step of ``mode`` on the resolved backend ``be``: (h', c') for the LSTM, else h'."""
     if be == "native":
         if mode == "lstm":
             return torch._VF.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)
         fn = {"gru": torch._VF.gru_cell, "rnn_tanh": torch._VF.rnn_tanh_cell,
               "rnn_relu": torch._VF.rnn_relu_cell}[mode]
         return fn(input, h, w_ih, w_hh, b_ih, b_hh)
+    if not _autocasting(input.device.type):
+        return _fused_or_reference_cell(be, mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
     (input, h, c, w_ih, w_hh, b_ih, b_hh), no_autocast = _autocast(
         mode, "cell", input.device.type, [input, h, c, w_ih, w_hh, b_ih, b_hh])
     with no_autocast:

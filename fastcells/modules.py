@@ -33,11 +33,11 @@ class _RecurrentNet(_Backend):
 
     def forward(self, input, hx=None):
         data = input.data if isinstance(input, PackedSequence) else input
-        if resolve(self.backend, data) == "native":
+        be = resolve(self.backend, data)
+        if be == "native":
             return super().forward(input, hx)
         self._update_flat_weights()
         lstm = self.mode == "LSTM"
-        name = self._torch_name()
         num_dir = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -47,6 +47,7 @@ class _RecurrentNet(_Backend):
             max_batch = int(batch_sizes[0])
         else:
             if input.dim() not in (2, 3):
+                name = self._torch_name()
                 noun = "tensor instead" if name == "RNN" else "instead"
                 raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D {noun}")
             is_batched = input.dim() == 3
@@ -68,11 +69,10 @@ class _RecurrentNet(_Backend):
         self.check_forward_args(input, hx, batch_sizes)
         if batch_sizes is not None:
             hx = self.permute_hidden(hx, sorted_indices)
-        output, hidden = functional.rnn(
-            self.mode.lower(), input, hx, self._flat_weights, num_layers=self.num_layers,
-            bias=self.bias, dropout=self.dropout, training=self.training,
-            bidirectional=self.bidirectional, batch_first=self.batch_first,
-            batch_sizes=batch_sizes, proj_size=self.proj_size, backend=self.backend)
+        output, hidden = functional.rnn_on(
+            be, self.mode.lower(), input, hx, self._flat_weights, self.num_layers, self.bias,
+            self.dropout, self.training, self.bidirectional, self.batch_first, batch_sizes,
+            self.proj_size)
         if batch_sizes is not None:
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
@@ -130,15 +130,17 @@ class _Cell(_Backend):
         return input.dtype != self.weight_ih.dtype
 
     def _prepare(self, input, hx, n_states):
-        name = self._torch_name()
         if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            raise ValueError(f"{self._torch_name()}: Expected input to be 1D or 2D, "
+                             f"got {input.dim()}D instead")
         if n_states == 2 and hx is not None:
             for i, v in enumerate(hx):
                 if v.dim() not in (1, 2):
-                    raise ValueError(f"{name}: Expected hx[{i}] to be 1D or 2D, got {v.dim()}D instead")
+                    raise ValueError(f"{self._torch_name()}: Expected hx[{i}] to be 1D or 2D, "
+                                     f"got {v.dim()}D instead")
         elif hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+            raise ValueError(f"{self._torch_name()}: Expected hidden to be 1D or 2D, "
+                             f"got {hx.dim()}D instead")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)
@@ -156,11 +158,12 @@ class LSTMCell(_Cell, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
-        if resolve(self.backend, input) == "native" or self._torch_decides(input):
+        be = resolve(self.backend, input)
+        if be == "native" or self._torch_decides(input):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 2)
-        h, c = functional.lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                                    self.bias_hh, backend=self.backend)
+        h, c = functional.cell_on(be, "lstm", input, hx[0], hx[1], self.weight_ih,
+                                  self.weight_hh, self.bias_ih, self.bias_hh)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -168,11 +171,12 @@ class GRUCell(_Cell, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
-        if resolve(self.backend, input) == "native" or self._torch_decides(input):
+        be = resolve(self.backend, input)
+        if be == "native" or self._torch_decides(input):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 1)
-        h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                                self.bias_hh, backend=self.backend)
+        h = functional.cell_on(be, "gru", input, hx, None, self.weight_ih, self.weight_hh,
+                               self.bias_ih, self.bias_hh)
         return h if is_batched else h.squeeze(0)
 
 
@@ -180,12 +184,12 @@ class RNNCell(_Cell, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
-        if resolve(self.backend, input) == "native" or self._torch_decides(input):
+        be = resolve(self.backend, input)
+        if be == "native" or self._torch_decides(input):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 1)
-        fn = functional.rnn_tanh_cell if self.nonlinearity == "tanh" else functional.rnn_relu_cell
-        h = fn(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
-               backend=self.backend)
+        h = functional.cell_on(be, "rnn_" + self.nonlinearity, input, hx, None, self.weight_ih,
+                               self.weight_hh, self.bias_ih, self.bias_hh)
         return h if is_batched else h.squeeze(0)
 
 

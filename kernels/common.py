@@ -51,6 +51,64 @@ def add_rows_times_w(acc, a_ptr, w_ptr, rows, cols, mr, mc, N, H,
 
 
 @triton.jit
+def x_times_wt(x_ptr, w_ptr, rows, cols, mr, mc, N, ACC: tl.constexpr, UPCAST: tl.constexpr,
+               PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """X[rows, :N] @ W[cols, :N]^T with X (., N) and W (., N) row-major, in ACC: one gate block
+    of a single step's input projection (a cell fuses it instead of hoisting it)."""
+    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    for k0 in range(0, N, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < N
+        a = tl.load(x_ptr + rows[:, None] * N + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[None, :] * N + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+        acc = dot_acc(acc, a, w, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
+def gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X: tl.constexpr,
+               ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+               BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The input term of the gate block at ``cols``: read from the hoisted projection xp_t
+    (T, B, G) slice, or computed here from x and W_ih when FUSE_X (one step: a cell)."""
+    if FUSE_X:
+        return x_times_wt(x_ptr, w_ih_ptr, rows, cols, mr, mc, I, ACC, UPCAST, PRECISION,
+                          BLOCK_B, BLOCK_H, BLOCK_K)
+    else:
+        return load_tile(xp_t, rows, cols, G, mr, mc, ACC)
+
+
+@triton.jit
+def bias_pair(b_ih_ptr, b_hh_ptr, offs, mask, ACC: tl.constexpr):
+    """(b_ih[offs], b_hh[offs]) as (1, BLOCK) rows in ACC."""
+    return (tl.load(b_ih_ptr + offs, mask=mask, other=0.0).to(ACC)[None, :],
+            tl.load(b_hh_ptr + offs, mask=mask, other=0.0).to(ACC)[None, :])
+
+
+@triton.jit
+def prev_state(t, first_ptr, seq_ptr, rows, cols, B, stride, mask_r, mask_c, ACC: tl.constexpr):
+    """State t-1 as ACC: ``first_ptr`` (B, stride) at t == 0, else slot t-1 of ``seq_ptr``
+    (T, B, stride).  The initial state is read where it lies: no copy into a sequence buffer."""
+    if t == 0:
+        v = load_tile(first_ptr, rows, cols, stride, mask_r, mask_c, ACC)
+    else:
+        v = load_tile(seq_ptr + (t.to(tl.int64) - 1) * B * stride, rows, cols, stride,
+                      mask_r, mask_c, ACC)
+    return v
+
+
+@triton.jit
+def prev_ptr(t, first_ptr, seq_ptr, B, stride):
+    """Pointer to state t-1: ``first_ptr`` at t == 0, else slot t-1 of ``seq_ptr`` (same dtype)."""
+    if t == 0:
+        p = first_ptr
+    else:
+        p = seq_ptr + (t.to(tl.int64) - 1) * B * stride
+    return p
+
+
+@triton.jit
 def load_tile(ptr, rows, cols, row_stride, mask_r, mask_c, ACC: tl.constexpr):
     """Load ptr[rows, cols] (row-major, ``row_stride`` elements per row) as ACC, 0 outside."""
     offs = rows[:, None] * row_stride + cols[None, :]

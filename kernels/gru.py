@@ -4,33 +4,34 @@ r = sigmoid(xp_r + b_ir + h W_hr^T + b_hr), z likewise,
 n = tanh(xp_n + b_in + r * (h W_hn^T + b_hn)), h' = (1 - z) n + z h.
 
 Same program layout as the LSTM kernels: one (batch tile, hidden tile) per program, all three
-gates of it, one launch per step forward and backward.
+gates of it, one launch per step forward and backward; a single step (FUSE_X) computes its input
+projection in the same launch.
 """
 import triton
 import triton.language as tl
 
-from .common import add_rows_times_w, dot_acc, load_tile, sigmoid, store_tile, tanh, tile_index
-
-
-@triton.jit
-def _bias_pair(b_ih_ptr, b_hh_ptr, offs, mask, ACC: tl.constexpr):
-    return (tl.load(b_ih_ptr + offs, mask=mask, other=0.0).to(ACC)[None, :],
-            tl.load(b_hh_ptr + offs, mask=mask, other=0.0).to(ACC)[None, :])
+from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile, prev_ptr,
+                     prev_state, sigmoid, store_tile, tanh, tile_index)
 
 
 @triton.jit(do_not_specialize=["t"])
 def _gru_fwd_step_kernel(
-    xp_ptr,    # (T, B, 3H) x_t W_ih^T, gate order r, z, n
+    xp_ptr,    # (T, B, 3H) x_t W_ih^T, gate order r, z, n (unless FUSE_X)
+    x_ptr,     # (B, I) the step's input (FUSE_X)
+    w_ih_ptr,  # (3H, I) W_ih, row-major (FUSE_X)
     w_ptr,     # (3H, H) W_hh, row-major
     b_ih_ptr,  # (3H,) (read when HAS_BIAS)
     b_hh_ptr,  # (3H,) (read when HAS_BIAS)
-    hs_ptr,    # (T+1, B, H) hidden states; slot t holds h_{t-1}, slot 0 is h0
-    cs_ptr,    # unused by the GRU (the uniform step signature)
-    out_ptr,   # (T, B, H) h_t: slot t+1 of hs
+    h0_ptr,    # (B, H) h_{-1}
+    c0_ptr,    # unused by the GRU (the uniform step signature)
+    y_ptr,     # (T, B, H) outputs h_t; slot t-1 is read as h_{t-1}
+    cs_ptr,    # unused by the GRU
+    out_ptr,   # (T, B, H) where h_t goes (y)
     saved_ptr,  # (T, B, 4H) r, z, n and hn = h W_hn^T + b_hn for the backward pass
     n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
-    t, B, H, K,
+    t, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -38,11 +39,14 @@ def _gru_fwd_step_kernel(
     t64 = t.to(tl.int64)
     G = 3 * H
     xp_t = xp_ptr + t64 * B * G
-    h_prev = hs_ptr + t64 * B * H
+    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
 
-    acc_r = load_tile(xp_t, rows, cols, G, mr, mc, ACC)
-    acc_z = load_tile(xp_t, rows, cols + H, G, mr, mc, ACC)
-    x_n = load_tile(xp_t, rows, cols + 2 * H, G, mr, mc, ACC)
+    acc_r = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
+                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    acc_z = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
+                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    x_n = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
+                     UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     h_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -56,11 +60,11 @@ def _gru_fwd_step_kernel(
         acc_z = dot_acc(acc_z, hk, w_z, UPCAST, PRECISION)
         h_n = dot_acc(h_n, hk, w_n, UPCAST, PRECISION)
     if HAS_BIAS:
-        bi, bh = _bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
         acc_r += bi + bh
-        bi, bh = _bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
         acc_z += bi + bh
-        bi, bh = _bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
         x_n += bi
         h_n += bh
     r = sigmoid(acc_r)
@@ -83,15 +87,18 @@ def _gru_bwd_step_kernel(
     dy_ptr,    # (T, B, H) dL/dh_t from the output
     w_ptr,     # (3H, H) W_hh
     saved_ptr,  # (T, B, 4H) r, z, n, hn from the forward pass
-    hs_ptr,    # (T+1, B, H) hidden states (slot t is h_{t-1})
+    h0_ptr,    # (B, H) h_{-1}
+    y_ptr,     # (T, B, H) h_t (slot t-1 is h_{t-1})
+    c0_ptr,    # unused by the GRU
     cs_ptr,    # unused by the GRU
+    dcn_ptr,   # unused by the GRU
     dgx_ptr,   # (T, B, 3H) out: dL/d(x-side pre-activations) r, z, n
     dgh_ptr,   # (T, B, 3H) out: dL/d(h-side pre-activations) r, z, hn; slot t+1 read back
-    carry_ptr,  # (B, H) ACC: dL/dh_{t-1} through z (and through ended rows); dh_n at start
+    carry_ptr,  # (B, H) ACC out: dL/dh_{t-1} through z (and through ended rows); read for t < T-1
     dc_ptr,    # unused by the GRU
     n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
     t, T, B, H, K,
-    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -99,8 +106,8 @@ def _gru_bwd_step_kernel(
     t64 = t.to(tl.int64)
     G = 3 * H
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
     if t + 1 < T:
+        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
         dh = add_rows_times_w(dh, dgh_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
                               G, H, UPCAST, PRECISION, BLOCK_K)
     saved_t = saved_ptr + t64 * B * 4 * H
@@ -108,7 +115,7 @@ def _gru_bwd_step_kernel(
     z = load_tile(saved_t, rows, cols + H, 4 * H, mr, mc, ACC)
     n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
     h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
-    hp = load_tile(hs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
     d_npre = dh * (1.0 - z) * (1.0 - n * n)
     d_hn = d_npre * r
     d_r = d_npre * h_n * r * (1.0 - r)

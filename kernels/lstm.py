@@ -1,30 +1,39 @@
 """Fused LSTM step kernels.
 
-Forward, one launch per step: gates = xp_t + h_{t-1} W_hh^T + b_ih + b_hh (order i, f, g, o);
-i, f, o = sigmoid, g = tanh; c_t = f c_{t-1} + i g; h_t = o tanh(c_t).
+Forward, one launch per step: gates = x_t W_ih^T + h_{t-1} W_hh^T + b_ih + b_hh (order i, f, g, o);
+i, f, o = sigmoid, g = tanh; c_t = f c_{t-1} + i g; h_t = o tanh(c_t).  x_t W_ih^T comes from the
+hoisted projection of the whole sequence, or, for a single step (a cell: FUSE_X), is computed
+here, so a cell is one launch.
 Backward, one launch per step: dh_t = dy_t + dgates_{t+1} W_hh + carry, the gate derivatives and
 dc_{t-1} = dc_t f.  Each program owns a (batch tile, hidden tile) and all four gates of it, so the
-state update never leaves the program and no program waits for another.
+state update never leaves the program and no program waits for another.  The initial states are
+read where the caller keeps them (step 0), never copied into the sequence buffers.
 """
 import triton
 import triton.language as tl
 
-from .common import add_rows_times_w, dot_acc, load_tile, sigmoid, store_tile, tanh, tile_index
+from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile, prev_ptr,
+                     prev_state, sigmoid, store_tile, tanh, tile_index)
 
 
 @triton.jit(do_not_specialize=["t"])
 def _lstm_fwd_step_kernel(
-    xp_ptr,    # (T, B, 4H) x_t W_ih^T, gate order i, f, g, o
+    xp_ptr,    # (T, B, 4H) x_t W_ih^T, gate order i, f, g, o (unless FUSE_X)
+    x_ptr,     # (B, I) the step's input (FUSE_X)
+    w_ih_ptr,  # (4H, I) W_ih, row-major (FUSE_X)
     w_ptr,     # (4H, K) W_hh, row-major
     b_ih_ptr,  # (4H,) b_ih (read when HAS_BIAS)
     b_hh_ptr,  # (4H,) b_hh (read when HAS_BIAS)
-    hs_ptr,    # (T+1, B, K) recurrent state; slot t holds h_{t-1}, slot 0 is h0
-    cs_ptr,    # (T+1, B, H) cell state in ACC dtype; slot t+1 is written here
-    out_ptr,   # (T, B, H) h_t (or m_t = o tanh(c_t) when PROJ; the caller projects it)
+    h0_ptr,    # (B, K) h_{-1}
+    c0_ptr,    # (B, H) c_{-1}, any float dtype
+    y_ptr,     # (T, B, K) outputs h_t; slot t-1 is read as h_{t-1}
+    cs_ptr,    # (T, B, H) cell states c_t (written), slot t-1 read as c_{t-1}
+    out_ptr,   # (T, B, H) where h_t goes: y itself, or m_t = o tanh(c_t) when PROJ
     saved_ptr,  # (T, B, 4H) activated gates i, f, g, o for the backward pass
     n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS: packed sequences)
-    t, B, H, K,
+    t, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -32,12 +41,16 @@ def _lstm_fwd_step_kernel(
     t64 = t.to(tl.int64)
     G = 4 * H
     xp_t = xp_ptr + t64 * B * G
-    h_prev = hs_ptr + t64 * B * K
+    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, K)
 
-    acc_i = load_tile(xp_t, rows, cols, G, mr, mc, ACC)
-    acc_f = load_tile(xp_t, rows, cols + H, G, mr, mc, ACC)
-    acc_g = load_tile(xp_t, rows, cols + 2 * H, G, mr, mc, ACC)
-    acc_o = load_tile(xp_t, rows, cols + 3 * H, G, mr, mc, ACC)
+    acc_i = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
+                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    acc_f = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
+                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    acc_g = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
+                       UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    acc_o = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 3 * H, mr, mc, G, I, FUSE_X, ACC,
+                       UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         mk = ks < K
@@ -52,30 +65,30 @@ def _lstm_fwd_step_kernel(
         acc_g = dot_acc(acc_g, hk, w_g, UPCAST, PRECISION)
         acc_o = dot_acc(acc_o, hk, w_o, UPCAST, PRECISION)
     if HAS_BIAS:
-        acc_i += (tl.load(b_ih_ptr + cols, mask=mc, other=0.0).to(ACC)
-                  + tl.load(b_hh_ptr + cols, mask=mc, other=0.0).to(ACC))[None, :]
-        acc_f += (tl.load(b_ih_ptr + H + cols, mask=mc, other=0.0).to(ACC)
-                  + tl.load(b_hh_ptr + H + cols, mask=mc, other=0.0).to(ACC))[None, :]
-        acc_g += (tl.load(b_ih_ptr + 2 * H + cols, mask=mc, other=0.0).to(ACC)
-                  + tl.load(b_hh_ptr + 2 * H + cols, mask=mc, other=0.0).to(ACC))[None, :]
-        acc_o += (tl.load(b_ih_ptr + 3 * H + cols, mask=mc, other=0.0).to(ACC)
-                  + tl.load(b_hh_ptr + 3 * H + cols, mask=mc, other=0.0).to(ACC))[None, :]
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        acc_i += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
+        acc_f += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
+        acc_g += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 3 * H, mc, ACC)
+        acc_o += bi + bh
     i = sigmoid(acc_i)
     f = sigmoid(acc_f)
     g = tanh(acc_g)
     o = sigmoid(acc_o)
-    c_prev = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
     c = f * c_prev + i * g
     h = o * tanh(c)
     if HAS_LENGTHS:
-        # Finished sequences keep their state, so slot T holds each one's own final state.
+        # Finished sequences keep their state, so slot T-1 holds each one's own final state.
         active = (rows < tl.load(n_ptr + t))[:, None]
         c = tl.where(active, c, c_prev)
         if PROJ:
             h = tl.where(active, h, 0.0)
         else:
             h = tl.where(active, h, load_tile(h_prev, rows, cols, K, mr, mc, ACC))
-    store_tile(cs_ptr + (t64 + 1) * B * H, c, rows, cols, H, mr, mc)
+    store_tile(cs_ptr + t64 * B * H, c, rows, cols, H, mr, mc)
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
     saved_t = saved_ptr + t64 * B * G
     store_tile(saved_t, i, rows, cols, G, mr, mc)
@@ -89,15 +102,18 @@ def _lstm_bwd_step_kernel(
     dy_ptr,    # (T, B, H) dL/dh_t from the output (dL/dm_t, recurrence included, when PRE)
     w_ptr,     # (4H, H) W_hh (read unless PRE)
     saved_ptr,  # (T, B, 4H) activated gates from the forward pass
-    hs_ptr,    # unused by the LSTM (the uniform step signature)
-    cs_ptr,    # (T+1, B, H) cell states, ACC dtype
+    h0_ptr,    # unused by the LSTM (the uniform step signature)
+    y_ptr,     # unused by the LSTM
+    c0_ptr,    # (B, H) c_{-1}
+    cs_ptr,    # (T, B, H) cell states c_t
+    dcn_ptr,   # (B, H) dL/dc_{T-1} from the caller (read when HAS_DCN)
     dgx_ptr,   # (T, B, 4H) out: dL/d(gate pre-activations); slot t+1 is read for the recurrence
     dgh_ptr,   # unused by the LSTM (same as dgx)
-    carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended; dh_n at start
-    dc_ptr,    # (B, H) ACC: dL/dc_t in, dL/dc_{t-1} out (in place)
+    carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended (read for t < T-1)
+    dc_ptr,    # (B, H) ACC: dL/dc_{t-1} out, read back as dL/dc_t by the next step
     n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
     t, T, B, H, K,
-    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -106,18 +122,23 @@ def _lstm_bwd_step_kernel(
     G = 4 * H
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     if not PRE:
-        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
         if t + 1 < T:
+            dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
             dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
                                   G, H, UPCAST, PRECISION, BLOCK_K)
+    if t + 1 < T:
+        dc_in = load_tile(dc_ptr, rows, cols, H, mr, mc, ACC)
+    elif HAS_DCN:
+        dc_in = load_tile(dcn_ptr, rows, cols, H, mr, mc, ACC)
+    else:
+        dc_in = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     saved_t = saved_ptr + t64 * B * G
     i = load_tile(saved_t, rows, cols, G, mr, mc, ACC)
     f = load_tile(saved_t, rows, cols + H, G, mr, mc, ACC)
     g = load_tile(saved_t, rows, cols + 2 * H, G, mr, mc, ACC)
     o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
-    c = load_tile(cs_ptr + (t64 + 1) * B * H, rows, cols, H, mr, mc, ACC)
-    c_prev = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    dc_in = load_tile(dc_ptr, rows, cols, H, mr, mc, ACC)
+    c = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
     tc = tanh(c)
     dc = dc_in + dh * o * (1.0 - tc * tc)
     d_i = dc * g * i * (1.0 - i)

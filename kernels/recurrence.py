@@ -1,10 +1,13 @@
 """Launchers: one recurrent layer, one direction, whole sequence.
 
 The input projection and every weight gradient are hoisted out of the time loop as single GEMMs
-over all T*B rows; the time loop launches one fused step kernel per step.  Buffers are
-time-major and contiguous.  Packed (variable-length) batches are sorted by decreasing length, so
-the rows active at step t are a prefix 0..batch_sizes[t]-1; ended rows carry their state.
+over all T*B rows; the time loop launches one fused step kernel per step.  A single step (a
+cell, T == 1) computes its input projection inside the step kernel instead: one launch forward.
+Buffers are time-major and contiguous; the initial states are read where they lie.  Packed
+(variable-length) batches are sorted by decreasing length, so the rows active at step t are a
+prefix 0..batch_sizes[t]-1; ended rows carry their state.
 """
+import threading
 from dataclasses import dataclass, field
 
 import torch
@@ -35,30 +38,29 @@ CELLS = {
     "rnn_relu": CellKernels(1, 0, _rnn_fwd_step_kernel, _rnn_bwd_step_kernel, extra={"RELU": True}),
 }
 
+# Launch configurations by shape, dtype and the TF32 flag: computed once (host time per call).
+_configs = {}
+
 
 def _launch_config(B, H, K, dtype):
-    block_b, block_h, block_k, warps = step_tiles(B, H, K, dtype)
-    # fp32 recurrent matmuls follow the flag torch's own RNNs (cuDNN) follow: TF32 by default.
-    upcast, precision = dot_flags(dtype, torch.backends.cudnn.allow_tf32)
-    grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
-    meta = dict(ACC=tl_dtype(acc_dtype(dtype)), UPCAST=upcast, PRECISION=precision,
-                BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=warps)
-    return grid, meta
+    allow_tf32 = torch.backends.cudnn.allow_tf32
+    key = (B, H, K, dtype, allow_tf32)
+    cfg = _configs.get(key)
+    if cfg is None:
+        block_b, block_h, block_k, warps = step_tiles(B, H, K, dtype)
+        # fp32 recurrent matmuls follow the flag torch's own RNNs (cuDNN) follow: TF32 by default.
+        upcast, precision = dot_flags(dtype, allow_tf32)
+        grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
+        meta = dict(ACC=tl_dtype(acc_dtype(dtype)), UPCAST=upcast, PRECISION=precision,
+                    BLOCK_B=block_b, BLOCK_H=block_h, BLOCK_K=block_k, num_warps=warps)
+        cfg = _configs[key] = (grid, meta, (block_b, block_h, block_k, warps, precision))
+    return cfg
 
 
-# Even one step (a cell) is replayed: a Triton launch from Python costs more host time than the
-# copies in and clones out of a graph (H200, LSTMCell B=64 H=512 fp32 forward: 0.37 ms a call
-# graphed, 0.79 ms launched directly; bench/results/2026-11-26_NVIDIA-H200_run3).
-MIN_GRAPH_STEPS = 1
-
-
-def _graphable(T, n_dev, proj):
-    # Packed batches vary per call: launched step by step, as is the projected LSTM.
-    return T >= MIN_GRAPH_STEPS and n_dev is None and not proj
-
-
-def _tiles_key(meta):
-    return tuple(meta[k] for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "num_warps", "PRECISION"))
+def _graphable(T, rows, proj):
+    # A single step launches directly (a graph would add copies in and out); packed batches vary
+    # per call and the projected LSTM runs torch ops between steps: both launch step by step.
+    return T > 1 and rows is None and not proj
 
 
 def _active_rows(batch_sizes, device):
@@ -69,98 +71,109 @@ def _active_rows(batch_sizes, device):
     return torch.tensor(host, dtype=torch.int32, device=device), host
 
 
+def _stream_key(dev):
+    # Graph buffers are per thread and per stream: two threads or streams never share them.
+    stream = torch.cuda.current_stream(dev).cuda_stream if dev.type == "cuda" else 0
+    return threading.get_ident(), stream
+
+
 def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None, w_hr=None):
     """One layer, one direction.
 
     x (T, B, I); w_ih (G*H, I); w_hh (G*H, K); b_ih, b_hh (G*H,) or None; h0 (B, K);
     c0 (B, H) for the LSTM; batch_sizes (T,) rows active per step or None; w_hr (K, H) the LSTM
     projection or None (then K == H).
-    Returns (hs, cs, saved, m): hs (T+1, B, K) the states, slot 0 a copy of h0, slots 1..T the
-    output, slot T the final state; cs (T+1, B, H) the LSTM's cell states in the accumulation
-    dtype (else None); saved the per-step gates the backward pass reads (None for the RNN);
-    m (T, B, H) the LSTM's pre-projection output when projected (else None).
+    Returns (y, cs, saved, m): y (T, B, K) the outputs (slot T-1 is every row's final state);
+    cs (T, B, H) the LSTM's cell states, in the accumulation dtype (in x's dtype for a single
+    step, which returns it as is), else None; saved the per-step gates the backward pass reads
+    (None for the RNN); m (T, B, H) the LSTM's pre-projection output when projected (else None).
     """
     spec = CELLS[mode]
     check_dtype(x.dtype)
-    T, B, _ = x.shape
+    T, B, I = x.shape
     GH, K = w_hh.shape
     H = GH // spec.gates
     dev, dt = x.device, x.dtype
     has_bias, proj = b_ih is not None, w_hr is not None
-    n_dev, n_host = _active_rows(batch_sizes, dev)
-    inputs = dict(xp=torch.matmul(x, w_ih.t()).contiguous(),  # hoisted input projection
-                  w=w_hh.contiguous(), h0=h0.contiguous())
+    rows_dev, rows_host = _active_rows(batch_sizes, dev)
+    fuse_x = T == 1 and rows_dev is None and not proj
+    w = w_hh.contiguous()
+    inputs = dict(w=w, h0=h0.contiguous())
+    if fuse_x:
+        inputs.update(x=x.contiguous(), w_ih=w_ih.contiguous())
+    else:
+        inputs["xp"] = torch.matmul(x, w_ih.t())  # hoisted input projection, contiguous
     if has_bias:
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
     if spec.has_cell:
         inputs["c0"] = c0.contiguous()
-    if proj:
-        inputs["w_hr_t"] = w_hr.t().contiguous()
-    outputs = dict(hs=((T + 1, B, K), dt, dev))
+    outputs = dict(y=((T, B, K), dt, dev))
     if spec.has_cell:
-        outputs["cs"] = ((T + 1, B, H), acc_dtype(dt), dev)
+        outputs["cs"] = ((T, B, H), dt if T == 1 else acc_dtype(dt), dev)
     if spec.saved:
         outputs["saved"] = ((T, B, spec.saved * H), dt, dev)
     if proj:
         outputs["m"] = ((T, B, H), dt, dev)
-    grid, meta = _launch_config(B, H, K, dt)
+        inputs["w_hr_t"] = w_hr.t()
+    grid, meta, tiles = _launch_config(B, H, K, dt)
 
     def steps(b):
-        hs, cs, m = b["hs"], b.get("cs"), b.get("m")
-        hs[0].copy_(b["h0"])
-        if cs is not None:
-            cs[0].copy_(b["c0"])
+        y = b["y"]
         if B == 0:
             return
         if H == 0:
-            hs[1:].copy_(hs[:1].expand(T, B, K))  # nothing evolves
+            y.copy_(b["h0"].expand(T, B, K))  # nothing evolves
             return
+        m, xp = b.get("m"), b.get("xp", w)
+        cs = b.get("cs", y)
         for t in range(T):
             spec.fwd[grid](
-                xp_ptr=b["xp"], w_ptr=b["w"], b_ih_ptr=b.get("b1", b["w"]),
-                b_hh_ptr=b.get("b2", b["w"]), hs_ptr=hs, cs_ptr=hs if cs is None else cs,
-                out_ptr=m if proj else hs[1:], saved_ptr=b.get("saved", hs),
-                n_ptr=b["xp"] if n_dev is None else n_dev, t=t, B=B, H=H, K=K,
-                HAS_BIAS=has_bias, HAS_LENGTHS=n_dev is not None, PROJ=proj,
-                **meta, **spec.extra,
+                xp_ptr=xp, x_ptr=b.get("x", w), w_ih_ptr=b.get("w_ih", w), w_ptr=b["w"],
+                b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
+                c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=cs, out_ptr=m if proj else y,
+                saved_ptr=b.get("saved", y), n_ptr=rows_dev if rows_dev is not None else y,
+                t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_LENGTHS=rows_dev is not None,
+                PROJ=proj, FUSE_X=fuse_x, **meta, **spec.extra,
             )
             if proj:
-                torch.mm(m[t], b["w_hr_t"], out=hs[t + 1])
-                if n_host is not None and n_host[t] < B:
-                    hs[t + 1, n_host[t]:] = hs[t, n_host[t]:]
+                torch.mm(m[t], b["w_hr_t"], out=y[t])
+                if rows_host is not None and rows_host[t] < B:
+                    y[t, rows_host[t]:] = (b["h0"] if t == 0 else y[t - 1])[rows_host[t]:]
 
-    key = None if not _graphable(T, n_dev, proj) else ("fwd", mode, T, B, H, K, dt, dev,
-                                                        has_bias, _tiles_key(meta))
+    key = None
+    if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
+        key = ("fwd", mode, T, B, H, K, I, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, inputs, outputs, steps)
-    keep = (lambda t: t.clone()) if key is not None and cuda_graph.enabled(dev) else (lambda t: t)
+    keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
-    return (keep(bufs["hs"]), None if cs is None else keep(cs),
+    return (keep(bufs["y"]), None if cs is None else keep(cs),
             None if saved is None else keep(saved), None if m is None else keep(m))
 
 
-def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes, dy, dhn,
-                   dcn=None, w_hr=None, need_input_grad=True):
-    """Gradients of one layer from what ``layer_forward`` returned (hs, cs, saved, m):
-    returns dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr (None where absent).
+def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, dcn=None,
+                         w_hr=None):
+    """The backward time loop of one layer from what ``layer_forward`` returned.
 
-    dy (T, B, K), dhn (B, K), dcn (B, H) may be None (zero)."""
+    dy (T, B, K) dL/dy; dcn (B, H) dL/dc_{T-1} or None (zero).
+    Returns (dgx, dgh, carry, dc, dhs): the gate gradients on the input side (T, B, G*H) and on
+    the recurrent side (the same tensor except for the GRU), ``carry`` (B, K) the part of dL/dh0
+    not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
+    ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype."""
     spec = CELLS[mode]
-    n_dev, n_host = _active_rows(batch_sizes, x.device)
-    T, B, K = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+    rows_dev, rows_host = _active_rows(batch_sizes, y.device)
+    T, B, K = y.shape
     GH = w_hh.shape[0]
     H = GH // spec.gates
-    dev, dt = x.device, x.dtype
+    dev, dt = y.device, y.dtype
     acc = acc_dtype(dt)
     proj = w_hr is not None
-    inputs = dict(
-        dy=torch.zeros(T, B, K, device=dev, dtype=dt) if dy is None else dy.contiguous(),
-        w=w_hh.contiguous(), hs=hs,
-        carry0=torch.zeros(B, K, device=dev, dtype=acc) if dhn is None else dhn.to(acc))
+    inputs = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y)
     if saved is not None:
         inputs["saved"] = saved
     if spec.has_cell:
-        inputs["cs"] = cs
-        inputs["dc0"] = torch.zeros(B, H, device=dev, dtype=acc) if dcn is None else dcn.to(acc)
+        inputs.update(c0=c0.contiguous(), cs=cs)
+        if dcn is not None:
+            inputs["dcn"] = dcn.contiguous()
     if proj:
         inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m)
     outputs = dict(dgx=((T, B, GH), dt, dev), carry=((B, K), acc, dev))
@@ -171,55 +184,94 @@ def layer_backward(mode, x, w_ih, w_hh, has_bias, hs, cs, saved, m, batch_sizes,
     if proj:
         outputs["dhs"] = ((T, B, K), acc, dev)
         outputs["dm"] = ((T, B, H), acc, dev)
-    grid, meta = _launch_config(B, H, max(K, GH), dt)
+    grid, meta, tiles = _launch_config(B, H, max(K, GH), dt)
+    has_dcn = "dcn" in inputs
 
     def steps(b):
         carry, dc, dgx = b["carry"], b.get("dc"), b["dgx"]
         dgh = b.get("dgh", dgx)
-        carry.copy_(b["carry0"])
-        if dc is not None:
-            dc.copy_(b["dc0"])
         if B == 0 or H == 0:
-            dgx.zero_()
-            dgh.zero_()
-            if proj:
-                b["dhs"].zero_()
+            for buf in (dgx, dgh, carry, dc, b.get("dhs")):
+                if buf is not None:
+                    buf.zero_()
+            if dc is not None and has_dcn:
+                dc.copy_(b["dcn"])
             return
+        if proj:
+            carry.zero_()
         for t in range(T - 1, -1, -1):
             if proj:
-                _projected_dh(b, t, T, B, n_host)
+                _projected_dh(b, t, T, B, rows_host)
             spec.bwd[grid](
-                dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"], saved_ptr=b.get("saved", b["hs"]),
-                hs_ptr=b["hs"], cs_ptr=b["hs"] if dc is None else b["cs"], dgx_ptr=dgx,
-                dgh_ptr=dgh, carry_ptr=carry, dc_ptr=carry if dc is None else dc,
-                n_ptr=dgx if n_dev is None else n_dev, t=t, T=T, B=B, H=H, K=K,
-                HAS_LENGTHS=n_dev is not None, PRE=proj, **meta, **spec.extra,
+                dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
+                saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
+                c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
+                dgx_ptr=dgx, dgh_ptr=dgh, carry_ptr=carry, dc_ptr=carry if dc is None else dc,
+                n_ptr=dgx if rows_dev is None else rows_dev, t=t, T=T, B=B, H=H, K=K,
+                HAS_LENGTHS=rows_dev is not None, PRE=proj, HAS_DCN=has_dcn,
+                **meta, **spec.extra,
             )
 
-    key = None if not _graphable(T, n_dev, proj) else ("bwd", mode, T, B, H, K, dt, dev,
-                                                        _tiles_key(meta))
+    key = None
+    if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
+        key = ("bwd", mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
     b = cuda_graph.run(key, inputs, outputs, steps)
-    dgx = b["dgx"]
-    dgh = b.get("dgh", dgx)
-    # Hoisted GEMMs over all T*B rows (they read the step buffers before any later replay).
-    dgx2 = dgx.reshape(T * B, GH)
-    dgh2 = dgh.reshape(T * B, GH)
-    dh0 = b["carry"].clone()
-    if T > 0:
-        dh0 += dgh[0].to(acc) @ w_hh.to(acc)
-    dw_hh = dgh2.t() @ hs[:T].reshape(T * B, K)
-    dw_ih = dgx2.t() @ x.reshape(T * B, -1)
+    keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
+    dgx = keep(b["dgx"])
+    dgh = keep(b["dgh"]) if spec.split_dgates else dgx
+    dc = keep(b["dc"]) if spec.has_cell else None
+    return dgx, dgh, keep(b["carry"]), dc, b.get("dhs")
+
+
+def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_input_grad=True,
+                groups=1):
+    """The hoisted GEMMs after the backward loop: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr).
+
+    With ``groups`` = N > 1 the batch rows are N interleaved problems (row b * N + n belongs to
+    problem n: a vmapped layer folded into one launch), and every weight gradient gets a leading
+    dimension N."""
+    T, B, K = y.shape
+    GH = dgx.shape[-1]
+    dt = y.dtype
+    acc = acc_dtype(dt)
+    if B == 0 or T == 0:
+        zero = y.new_zeros
+        lead = (groups,) if groups > 1 else ()
+        dw_hr = None if dhs is None else zero(*lead, *w_hh.shape[1:2], m.shape[-1])
+        return (torch.zeros_like(x) if need_input_grad else None, carry.to(dt),
+                zero(*lead, *w_ih.shape), zero(*lead, *w_hh.shape),
+                zero(*lead, GH) if has_bias else None, zero(*lead, GH) if has_bias else None,
+                dw_hr)
+    # dh0 = carry + dgh_0 W_hh (the step-0 recurrence the loop leaves to this GEMM)
+    dh0 = (carry + (dgh[0] @ w_hh).to(acc)).to(dt)
     dx = torch.matmul(dgx, w_ih) if need_input_grad else None
-    db_ih = dgx2.sum(0) if has_bias else None
-    db_hh = dgh2.sum(0) if has_bias else None
+    h_prev = y[:T - 1]
+    if groups == 1:
+        dw_ih = dgx.reshape(T * B, GH).t() @ x.reshape(T * B, -1)
+        dw_hh = dgh[0].t() @ h0
+        if T > 1:
+            dw_hh = dw_hh.addmm_(dgh[1:].reshape(-1, GH).t(), h_prev.reshape(-1, K))
+        db_ih = dgx.sum((0, 1)) if has_bias else None
+        db_hh = dgh.sum((0, 1)) if has_bias else None
+        dw_hr = None
+        if dhs is not None:
+            dw_hr = (dhs.reshape(T * B, K).t() @ m.reshape(T * B, -1).to(acc)).to(dt)
+        return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    N = groups
+    g = lambda t: t.reshape(t.shape[0], B // N, N, t.shape[-1])  # noqa: E731
+    dw_ih = torch.einsum("tbng,tbni->ngi", g(dgx), g(x))
+    dw_hh = torch.einsum("bng,bnk->ngk", g(dgh[:1])[0], g(h0[None])[0])
+    if T > 1:
+        dw_hh = dw_hh + torch.einsum("tbng,tbnk->ngk", g(dgh[1:]), g(h_prev))
+    db_ih = g(dgx).sum((0, 1)) if has_bias else None
+    db_hh = g(dgh).sum((0, 1)) if has_bias else None
     dw_hr = None
-    if proj:
-        dw_hr = (b["dhs"].reshape(T * B, K).t() @ m.reshape(T * B, H).to(acc)).to(dt)
-    dc0 = b["dc"].to(dt, copy=True) if spec.has_cell else None
-    return dx, dh0.to(dt), dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+    if dhs is not None:
+        dw_hr = torch.einsum("tbnk,tbnh->nkh", g(dhs), g(m).to(acc)).to(dt)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
-def _projected_dh(b, t, T, B, n_host):
+def _projected_dh(b, t, T, B, rows_host):
     """dL/dm_t for the projected LSTM: the projection breaks the per-tile fusion of dh, so the
     two small matmuls run here; rows whose sequence has ended pass dh on through ``carry``."""
     carry = b["carry"]
@@ -227,8 +279,8 @@ def _projected_dh(b, t, T, B, n_host):
     if t + 1 < T:
         dh += b["dgx"][t + 1].to(carry.dtype) @ b["w_acc"]
     carry.zero_()
-    if n_host is not None and n_host[t] < B:
-        carry[n_host[t]:] = dh[n_host[t]:]
-        dh[n_host[t]:] = 0
+    if rows_host is not None and rows_host[t] < B:
+        carry[rows_host[t]:] = dh[rows_host[t]:]
+        dh[rows_host[t]:] = 0
     b["dhs"][t] = dh
     torch.mm(dh, b["w_hr_acc"], out=b["dm"][t])

@@ -1,31 +1,39 @@
-"""Fused Elman RNN step kernels: h' = act(xp_t + b_ih + h W_hh^T + b_hh), act = tanh or relu."""
+"""Fused Elman RNN step kernels: h' = act(xp_t + b_ih + h W_hh^T + b_hh), act = tanh or relu.
+A single step (FUSE_X) computes x W_ih^T in the same launch."""
 import triton
 import triton.language as tl
 
-from .common import add_rows_times_w, dot_acc, load_tile, store_tile, tanh, tile_index
+from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile, prev_ptr,
+                     store_tile, tanh, tile_index)
 
 
 @triton.jit(do_not_specialize=["t"])
 def _rnn_fwd_step_kernel(
-    xp_ptr,    # (T, B, H) x_t W_ih^T
+    xp_ptr,    # (T, B, H) x_t W_ih^T (unless FUSE_X)
+    x_ptr,     # (B, I) the step's input (FUSE_X)
+    w_ih_ptr,  # (H, I) W_ih, row-major (FUSE_X)
     w_ptr,     # (H, H) W_hh, row-major
     b_ih_ptr,  # (H,) (read when HAS_BIAS)
     b_hh_ptr,  # (H,) (read when HAS_BIAS)
-    hs_ptr,    # (T+1, B, H) hidden states; slot t holds h_{t-1}, slot 0 is h0
-    cs_ptr,    # unused by the RNN (the uniform step signature)
-    out_ptr,   # (T, B, H) h_t: slot t+1 of hs
+    h0_ptr,    # (B, H) h_{-1}
+    c0_ptr,    # unused by the RNN (the uniform step signature)
+    y_ptr,     # (T, B, H) outputs h_t; slot t-1 is read as h_{t-1}
+    cs_ptr,    # unused by the RNN
+    out_ptr,   # (T, B, H) where h_t goes (y)
     saved_ptr,  # unused: the backward pass needs only h_t
     n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
-    t, B, H, K,
+    t, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    h_prev = hs_ptr + t64 * B * H
-    acc = load_tile(xp_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
+    acc = gate_input(xp_ptr + t64 * B * H, x_ptr, w_ih_ptr, rows, cols, mr, mc, H, I, FUSE_X,
+                     ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     for k0 in range(0, H, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         mk = ks < H
@@ -33,8 +41,8 @@ def _rnn_fwd_step_kernel(
         w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
         acc = dot_acc(acc, hk, w, UPCAST, PRECISION)
     if HAS_BIAS:
-        acc += (tl.load(b_ih_ptr + cols, mask=mc, other=0.0).to(ACC)
-                + tl.load(b_hh_ptr + cols, mask=mc, other=0.0).to(ACC))[None, :]
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        acc += bi + bh
     if RELU:
         h = tl.maximum(acc, 0.0)
     else:
@@ -49,15 +57,18 @@ def _rnn_bwd_step_kernel(
     dy_ptr,    # (T, B, H) dL/dh_t from the output
     w_ptr,     # (H, H) W_hh
     saved_ptr,  # unused
-    hs_ptr,    # (T+1, B, H) hidden states (slot t+1 is h_t)
+    h0_ptr,    # unused
+    y_ptr,     # (T, B, H) h_t (slot t)
+    c0_ptr,    # unused
     cs_ptr,    # unused
+    dcn_ptr,   # unused
     dgx_ptr,   # (T, B, H) out: dL/d(pre-activation); slot t+1 read back for the recurrence
     dgh_ptr,   # unused (same as dgx)
-    carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended; dh_n at start
+    carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended (read for t < T-1)
     dc_ptr,    # unused
     n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
     t, T, B, H, K,
-    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
@@ -65,11 +76,11 @@ def _rnn_bwd_step_kernel(
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
     if t + 1 < T:
+        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
         dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * H, w_ptr, rows, cols, mr, mc,
                               H, H, UPCAST, PRECISION, BLOCK_K)
-    h = load_tile(hs_ptr + (t64 + 1) * B * H, rows, cols, H, mr, mc, ACC)
+    h = load_tile(y_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     if RELU:
         d = tl.where(h > 0.0, dh, 0.0)
     else:

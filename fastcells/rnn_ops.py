@@ -1,0 +1,333 @@
+"""The fused recurrent layer as autograd Functions (eager) and as custom ops (torch.compile).
+
+One primitive serves layers and cells: one layer, one direction, whole sequence (a cell is a
+one-step layer, which the launcher runs as one fused launch).
+
+* Eager calls take :class:`RNNLayer`, a ``torch.autograd.Function``: one autograd node, cached
+  kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, jacfwd-free
+  jacobians) runs through the kernels.  A vmapped layer with shared weights is one batched launch
+  (the vmapped dimension is folded into the batch); batched weights (an ensemble) run one layer
+  per member.
+* Under ``torch.compile`` the same math is the custom ops ``fastcells::rnn_layer`` and
+  ``fastcells::rnn_layer_backward``, with fake implementations: no graph break, no retracing of
+  the time loop.
+
+The backward is itself a Function (:class:`RNNLayerBackward`) on the kernels.  Differentiating
+the backward (double backward: gradient penalties, meta-learning) recomputes the layer with the
+reference math and differentiates that: the one place the kernels' wrappers use
+:mod:`fastcells.reference`, so every order works.
+"""
+from types import SimpleNamespace
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .kernels.common import acc_dtype
+from .kernels.recurrence import CELLS, layer_backward_steps, layer_forward, layer_grads
+
+
+def _none(t):
+    return t if t is not None and t.numel() else None
+
+
+def _or_empty(t, like):
+    return t if t is not None else like.new_empty(0)
+
+
+def _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+    y, cs, saved, m = layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_sizes, w_hr)
+    return y, _or_empty(cs, x), _or_empty(saved, x), _or_empty(m, x)
+
+
+def _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
+              saved, m, dy, dcn):
+    """[dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] on the kernels (None where absent)."""
+    dgx, dgh, carry, dc, dhs = layer_backward_steps(
+        mode, w_hh, h0, c0, y, _none(cs), _none(saved), _none(m), batch_sizes, dy, dcn, w_hr)
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_grads(
+        x, w_ih, w_hh, h0, y, _none(m), dgx, dgh, carry, dhs, b_ih is not None, need_dx, groups)
+    dc0 = dc.to(x.dtype) if dc is not None else None
+    return [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]
+
+
+def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
+    """First-order gradients of the layer as a differentiable function: the reference math
+    recomputed and differentiated with ``create_graph``.  Entries for inputs that do not
+    require grad are None."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    wanted = [t is not None and t.requires_grad for t in inputs]
+    with torch.enable_grad():
+        y, _, cn = reference.layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+        outs, gouts = [y], [dy]
+        if cn is not None and dcn is not None:
+            outs.append(cn)
+            gouts.append(dcn)
+        srcs = [t for t, w in zip(inputs, wanted) if w]
+        got = iter(torch.autograd.grad(outs, srcs, gouts, create_graph=True, allow_unused=True)
+                   if srcs else ())
+    return [next(got) if w else None for w in wanted]
+
+
+# ------------------------------------------------------------------------------ vmap helpers
+def _fold(t, dim, n, batch_dim):
+    """Fold the vmapped dimension ``dim`` of ``t`` (None: unbatched, expanded) into its batch
+    dimension: row b * n + k of the result is row b of member k."""
+    if t is None or t.numel() == 0 and t.dim() == 1:
+        return t
+    if dim is None:
+        t = t.unsqueeze(batch_dim + 1).expand(*t.shape[:batch_dim + 1], n,
+                                              *t.shape[batch_dim + 1:])
+    else:
+        t = t.movedim(dim, batch_dim + 1)
+    return t.flatten(batch_dim, batch_dim + 1)
+
+
+def _unfold(t, n, batch_dim):
+    """The inverse of :func:`_fold`: (..., B * n, ...) -> (..., B, n, ...), vmapped at
+    batch_dim + 1 (empty placeholders stay unbatched)."""
+    if t is None or t.numel() == 0 and t.dim() == 1:
+        return t, None
+    return t.unflatten(batch_dim, (t.shape[batch_dim] // n, n)), batch_dim + 1
+
+
+def _per_member(apply, info, in_dims, args):
+    """Batched weights (an ensemble): one call per member, stacked."""
+    outs = []
+    for k in range(info.batch_size):
+        outs.append(apply(*[a.select(d, k) if d is not None else a
+                            for a, d in zip(args, in_dims)]))
+    stacked = tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs))
+    return stacked, tuple(None if o is None else 0 for o in stacked)
+
+
+def _legacy_batched(*tensors):
+    return any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
+
+
+def _legacy_vmap(rule, args):
+    """Run a vmap ``rule`` on legacy-batched arguments.  ``torch.autograd.grad(...,
+    is_grads_batched=True)`` (so ``torch.autograd.functional.jacobian(vectorize=True)``) batches
+    the backward with torch's older vmap, which calls no ``vmap`` staticmethod: unwrap the
+    batched tensors (their vmapped dimension first), apply the rule, wrap the results."""
+    level = torch._C._vmapmode_increment_nesting() - 1
+    torch._C._vmapmode_decrement_nesting()
+    raw, in_dims, n = [], [], None
+    for a in args:
+        if isinstance(a, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(a):
+            a = torch._remove_batch_dim(a, level, 1, 0)  # the size is ignored for batched ones
+            n = a.shape[0]
+            in_dims.append(0)
+        else:
+            in_dims.append(None)
+        raw.append(a)
+    outs, out_dims = rule(SimpleNamespace(batch_size=n, randomness="error"), tuple(in_dims), *raw)
+    return tuple(o if o is None or d is None else torch._add_batch_dim(o, d, level)
+                 for o, d in zip(outs, out_dims))
+
+
+# ------------------------------------------------------------------------- eager Functions
+class RNNLayer(torch.autograd.Function):
+    """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m)."""
+
+    @staticmethod
+    def forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+        return _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes = inputs
+        y, cs, saved, m = output
+        ctx.mode, ctx.batch_sizes = mode, batch_sizes
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m)
+        ctx.mark_non_differentiable(saved, m)
+
+    @staticmethod
+    def backward(ctx, dy, dcs, _dsaved, _dm):
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
+        dcn = dcs[-1] if c0 is not None and dcs is not None and dcs.numel() else None
+        args = (ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1, x, h0, c0, w_ih, w_hh,
+                b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
+        if _legacy_batched(dy, dcn):
+            grads = _legacy_vmap(RNNLayerBackward.vmap, args)
+        else:
+            grads = RNNLayerBackward.apply(*args)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
+
+    @staticmethod
+    def vmap(info, in_dims, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+        args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+        if any(d is not None for d in in_dims[4:]):
+            return _per_member(RNNLayer.apply, info, in_dims, args)
+        n = info.batch_size
+        out = RNNLayer.apply(mode, _fold(x, in_dims[1], n, 1), _fold(h0, in_dims[2], n, 0),
+                             _fold(c0, in_dims[3], n, 0), w_ih, w_hh, b_ih, b_hh, w_hr,
+                             None if batch_sizes is None else batch_sizes * n)
+        outs, dims = zip(*[_unfold(t, n, 1) for t in out])
+        return outs, dims
+
+
+class RNNLayerBackward(torch.autograd.Function):
+    """The layer's gradients on the kernels: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr].
+    ``groups`` > 1: the batch holds that many interleaved problems (a folded vmap), and each
+    weight gradient gets a leading dimension of that size."""
+
+    @staticmethod
+    def forward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                y, cs, saved, m, dy, dcn):
+        return tuple(_backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih,
+                               w_hr, y, cs, saved, m, dy, dcn))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        mode, batch_sizes, _, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs[:12]
+        dy, dcn = inputs[16:]
+        ctx.mode, ctx.batch_sizes, ctx.groups = mode, batch_sizes, groups
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn)
+
+    @staticmethod
+    def backward(ctx, *ggrads):
+        if ctx.groups != 1:
+            raise RuntimeError("fastcells: differentiating a vmapped layer's backward is not "
+                               "supported (use the reference backend for that)")
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn = ctx.saved_tensors
+        inputs = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            first = _reference_grads(ctx.mode, ctx.batch_sizes, inputs, dy, dcn)
+            pairs = [(g, gg) for g, gg in zip(first, ggrads) if g is not None and gg is not None]
+            targets = [t for t in inputs + [dy, dcn] if t is not None and t.requires_grad]
+            got = (torch.autograd.grad([g for g, _ in pairs], targets, [gg for _, gg in pairs],
+                                       create_graph=create, allow_unused=True)
+                   if pairs and targets else [None] * len(targets))
+        got = iter(got)
+        res = [next(got) if t is not None and t.requires_grad else None
+               for t in inputs + [dy, dcn]]
+        return (None, None, None, None, *res[:8], None, None, None, None, *res[8:])
+
+    @staticmethod
+    def vmap(info, in_dims, mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih,
+             b_hh, w_hr, y, cs, saved, m, dy, dcn):
+        args = (mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
+                cs, saved, m, dy, dcn)
+        if any(d is not None for d in in_dims[7:12]):
+            return _per_member(RNNLayerBackward.apply, info, in_dims, args)
+        n = info.batch_size
+        seq = lambda t, d: _fold(t, d, n, 1)  # noqa: E731  (T, B, .) tensors
+        row = lambda t, d: _fold(t, d, n, 0)  # noqa: E731  (B, .) tensors
+        d = in_dims
+        grads = RNNLayerBackward.apply(
+            mode, None if batch_sizes is None else batch_sizes * n, need_dx, groups * n,
+            seq(x, d[4]), row(h0, d[5]), row(c0, d[6]), w_ih, w_hh, b_ih, b_hh, w_hr,
+            seq(y, d[12]), seq(cs, d[13]), seq(saved, d[14]), seq(m, d[15]), seq(dy, d[16]),
+            row(dcn, d[17]))
+        dx, dh0, dc0 = grads[:3]
+        outs, dims = [], []
+        for t, bd in ((dx, 1), (dh0, 0), (dc0, 0)):
+            o, od = (None, None) if t is None else _unfold(t, n, bd)
+            outs.append(o)
+            dims.append(od)
+        for t in grads[3:]:  # weight gradients: (groups * n, ...) -> (groups, n, ...)
+            if t is None:
+                outs.append(None)
+                dims.append(None)
+            else:
+                outs.append(t.unflatten(0, (groups, n)) if groups > 1 else t)
+                dims.append(1 if groups > 1 else 0)
+        return tuple(outs), tuple(dims)
+
+
+# ----------------------------------------------------------------- custom ops (torch.compile)
+@torch.library.custom_op("fastcells::rnn_layer", mutates_args=())
+def rnn_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor, w_hh: Tensor,
+              b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
+              batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Returns [y, cs, saved, m] (see kernels.recurrence.layer_forward); absent ones empty."""
+    return _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+
+
+@rnn_layer.register_fake
+def _(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
+    spec = CELLS[mode]
+    T, B = x.shape[0], x.shape[1]
+    GH, K = w_hh.shape
+    H = GH // spec.gates
+    empty = x.new_empty(0)
+    y = x.new_empty(T, B, K)
+    cs = (x.new_empty(T, B, H, dtype=x.dtype if T == 1 else acc_dtype(x.dtype))
+          if spec.has_cell else empty)
+    saved = x.new_empty(T, B, spec.saved * H) if spec.saved else x.new_empty(0)
+    m = x.new_empty(T, B, H) if w_hr is not None else x.new_empty(0)
+    return y, cs, saved, m
+
+
+@torch.library.custom_op("fastcells::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tensor,
+                       w_hh: Tensor, w_hr: Optional[Tensor], has_bias: bool, y: Tensor,
+                       cs: Tensor, saved: Tensor, m: Tensor, batch_sizes: Optional[Tensor],
+                       dy: Tensor, dcn: Optional[Tensor], need_dx: bool) -> List[Tensor]:
+    """Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]; absent ones empty."""
+    b_ih = w_hh.new_empty(0) if has_bias else None
+    grads = _backward(mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
+                      saved, m, dy, dcn)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@rnn_layer_backward.register_fake
+def _(mode, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, cs, saved, m, batch_sizes, dy, dcn,
+      need_dx):
+    empty = x.new_empty(0)
+    GH = w_hh.shape[0]
+    return [torch.empty_like(x) if need_dx else empty, torch.empty_like(h0),
+            torch.empty_like(c0) if c0 is not None else empty, torch.empty_like(w_ih),
+            torch.empty_like(w_hh), x.new_empty(GH) if has_bias else empty,
+            x.new_empty(GH) if has_bias else empty,
+            torch.empty_like(w_hr) if w_hr is not None else empty]
+
+
+def _op_setup_context(ctx, inputs, output):
+    mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes = inputs
+    ctx.mode, ctx.batch_sizes = mode, batch_sizes
+    # Only tensors may be saved (torch.compile checks): remember where the Nones were.
+    ctx.present = [t is not None for t in inputs[1:9]]
+    ctx.save_for_backward(*[t for t in inputs[1:9] if t is not None], *output)
+
+
+def _op_backward(ctx, dy, dcs, _dsaved, _dm):
+    saved_tensors = iter(ctx.saved_tensors)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = [next(saved_tensors) if p else None
+                                               for p in ctx.present]
+    y, cs, saved, m = saved_tensors
+    inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    dy = torch.zeros_like(y) if dy is None else dy
+    dcn = dcs[-1].to(x.dtype) if dcs is not None and c0 is not None else None
+    if torch.is_grad_enabled():
+        grads = _reference_grads(ctx.mode, ctx.batch_sizes, inputs, dy, dcn)
+    else:
+        grads = rnn_layer_backward(ctx.mode, x, h0, c0, w_ih, w_hh, w_hr, b_ih is not None, y,
+                                   cs, saved, m, ctx.batch_sizes, dy, dcn,
+                                   ctx.needs_input_grad[1])
+        grads = [_none(g) for g in grads]
+    dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+    if c0 is None:
+        dc0 = None
+    return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
+
+
+rnn_layer.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def recurrent_layer(mode, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
+                    batch_sizes=None):
+    """One layer, one direction on the fused kernels: returns (y (T, B, K), h_n, c_n or None).
+    Eager calls take the autograd Function; torch.compile traces the custom op."""
+    args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    if torch.compiler.is_compiling():
+        y, cs, _, _ = torch.ops.fastcells.rnn_layer(*args)
+    else:
+        y, cs, _, _ = RNNLayer.apply(*args)
+    last = x.shape[0] - 1
+    cn = cs[last].to(x.dtype) if c0 is not None else None
+    return y, y[last], cn

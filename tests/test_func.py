@@ -1,0 +1,150 @@
+"""torch.func through the kernels: grad, vmap of grad (per-sample gradients), jacrev and
+torch.autograd.functional.jacobian(vectorize=True), on every module and cell, the triton backend
+(interpreter on CPU) against the reference backend, in float64.
+
+torch's own RNN modules have no vmap support (PyTorch issue 105982); fastcells' layers fold a
+vmapped dimension into the batch, so these run as batched launches."""
+import pytest
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+
+from rnn_utils import CELLS, KINDS, twins
+
+T, B, I, H = 3, 2, 3, 5
+TOL = dict(atol=1e-9, rtol=1e-9)
+KIND_IDS = list(KINDS)
+
+
+def _pair(table, kind, *args, device, **kw):
+    _, fast = twins(table, kind, *args, backend="triton", device=device, **kw)
+    ref = table[kind][1](*args, **table[kind][2], **kw, backend="reference").to(
+        device=device, dtype=torch.float64)
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def _out(o):
+    """The first output of a module call (the layer output, or h' of a cell)."""
+    return o[0] if isinstance(o, tuple) else o
+
+
+def _loss_fn(module):
+    def loss(params, x):
+        out = functional_call(module, params, (x,))
+        y = _out(out)
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype, device=y.device).view(y.shape)
+        return (y * w).sum() + (y * y).sum()
+    return loss
+
+
+def _modules(device):
+    for kind in KIND_IDS:
+        yield f"layer-{kind}", _pair(KINDS, kind, I, H, device=device), torch.randn(
+            T, B, I, dtype=torch.float64, device=device), 1
+        yield f"cell-{kind}", _pair(CELLS, kind, I, H, device=device), torch.randn(
+            B, I, dtype=torch.float64, device=device), 0
+
+
+CASES = [f"layer-{k}" for k in KIND_IDS] + [f"cell-{k}" for k in KIND_IDS]
+
+
+def _case(name, device):
+    torch.manual_seed(3)
+    return {n: (m, x, bd) for n, m, x, bd in _modules(device)}[name]
+
+
+def _params(m):
+    return {k: v.detach() for k, v in m.named_parameters()}
+
+
+def _assert_same(a, b):
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], **TOL, msg=k)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_func_grad(case, device):
+    (fast, ref), x, _ = _case(case, device)
+    _assert_same(grad(_loss_fn(fast))(_params(fast), x), grad(_loss_fn(ref))(_params(ref), x))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_vmap_grad_per_sample(case, device):
+    (fast, ref), x, batch_dim = _case(case, device)
+    per_sample = lambda m: vmap(grad(_loss_fn(m)), in_dims=(None, batch_dim))  # noqa: E731
+    got = per_sample(fast)(_params(fast), x)
+    want = per_sample(ref)(_params(ref), x)
+    _assert_same(got, want)
+    # and they are per-sample: each equals the gradient of that sample alone
+    one = grad(_loss_fn(ref))(_params(ref), x.select(batch_dim, 1))
+    _assert_same({k: v[1] for k, v in got.items()}, one)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_jacrev(case, device):
+    (fast, ref), x, _ = _case(case, device)
+    f = lambda m: (lambda x: _out(m(x)))  # noqa: E731
+    torch.testing.assert_close(jacrev(f(fast))(x), jacrev(f(ref))(x), **TOL)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_jacobian_vectorized(case, device):
+    (fast, ref), x, _ = _case(case, device)
+    w = fast.weight_hh_l0 if hasattr(fast, "weight_hh_l0") else fast.weight_hh
+    w_ref = ref.weight_hh_l0 if hasattr(ref, "weight_hh_l0") else ref.weight_hh
+    name = "weight_hh_l0" if hasattr(fast, "weight_hh_l0") else "weight_hh"
+
+    def f(m):
+        params = _params(m)
+        return lambda x, w: _out(functional_call(m, {**params, name: w}, (x,)))
+    got = torch.autograd.functional.jacobian(f(fast), (x, w.detach()), vectorize=True)
+    want = torch.autograd.functional.jacobian(f(ref), (x, w_ref.detach()), vectorize=True)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_vmap_ensemble_batched_weights(device):
+    """Model ensembling: vmap over stacked parameters (one layer per member)."""
+    (fast, ref), x, _ = _case("layer-lstm", device)
+    params = {k: torch.stack([v, v * 0.5]) for k, v in _params(fast).items()}
+    run = lambda m: vmap(lambda p: _out(functional_call(m, p, (x,))))(params)  # noqa: E731
+    torch.testing.assert_close(run(fast), run(ref), **TOL)
+
+
+def test_vmap_packed_layer(device):
+    """A vmapped packed batch folds into one launch with scaled batch sizes."""
+    (fast, ref), _, _ = _case("layer-gru", device)
+    xs = torch.randn(2, 3, I, dtype=torch.float64, device=device)  # 2 members, 3 packed rows
+
+    def run(m):
+        def f(data):
+            packed = torch.nn.utils.rnn.PackedSequence(data, torch.tensor([2, 1]))
+            out, h = m(packed)
+            return out.data, h
+        return vmap(f)(xs)
+    for a, b in zip(run(fast), run(ref)):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_vmapped_layer_is_one_batched_launch_per_step(device, monkeypatch):
+    """vmap folds the vmapped dimension into the batch: T step launches, not T per member."""
+    import dataclasses
+    from fastcells.kernels import recurrence
+
+    calls = []
+
+    class Counting:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return self.kernel[grid]
+
+    spec = recurrence.CELLS["lstm"]
+    monkeypatch.setitem(recurrence.CELLS, "lstm", dataclasses.replace(spec, fwd=Counting(spec.fwd)))
+    (fast, _), x, _ = _case("layer-lstm", device)
+    xs = torch.randn(7, T, B, I, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        vmap(lambda x: fast(x)[0])(xs)
+    assert len(calls) == T

@@ -13,7 +13,8 @@ The override ``FASTCELLS_RECURRENCE`` (read at every call, for sweeps and tests)
 * ``resident``: the resident kernel wherever it can run (``resident.supports_resident``), else
   the step chain: the projected LSTM (its projection is a separate matmul each step) and
   H > ``resident.MAX_H`` (the whole hidden state of a batch tile must fit in one program's
-  registers) fall back to "step".  It works under the interpreter too, so tests can force it.
+  registers) and a single step (T < 2: one launch already, with the input projection fused)
+  fall back to "step".  It works under the interpreter too, so tests can force it.
 
 How to fill the table (on each GPU kind that gets a rule):
 
@@ -75,7 +76,8 @@ def choose_recurrence(mode, dtype, B, H, T, device, proj=False):
     """"step" or "resident" for one layer-direction (mode "lstm", "gru", "rnn_tanh",
     "rnn_relu"; ``proj``: the LSTM has a projection)."""
     want = override()
-    if want == "step" or reason_not_resident(mode, B, H, H, dtype, proj) is not None:
+    # T < 2: a single step is one launch already, and fuses its input projection (a cell).
+    if want == "step" or T < 2 or reason_not_resident(mode, B, H, H, dtype, proj) is not None:
         return "step"
     if want == "resident":
         return "resident"

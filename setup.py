@@ -11,7 +11,9 @@ setup(
     # kernels/ is installed as fastcells.kernels; never as a top-level "kernels" package.
     packages=["fastcells", "fastcells.kernels"],
     package_dir={"fastcells": "fastcells", "fastcells.kernels": "kernels"},
-    install_requires=["torch>=2.4", "triton>=3.0", "numpy"],
+    # The oldest versions the tests have run on (torch 2.11 and 2.13, triton 3.6): declare no
+    # older, since fastcells/_dynamo_support.py patches Dynamo internals that move between releases.
+    install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
     extras_require={
         "test": ["pytest>=7"],
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.5"],

@@ -111,6 +111,7 @@ def layer_case(op, name):
 
 def cell_cases(op):
     return [CellCase(op, "step-B64-H512", B=64, I=512, H=512),
+            CellCase(op, "step-B1024-H256", B=1024, I=256, H=256),  # an RL rollout step
             CellCase(op, "step-B1-H128", B=1, I=128, H=128)]
 
 
@@ -163,7 +164,8 @@ def plan(mode, device):
     """The jobs of a run, most important first (a time budget cuts from the end).
 
     ``full``: every case, dtype and baseline.  ``quick`` (the GPU check): the fastrnns shape for
-    LSTM, GRU and RNN in fp32 and bf16 against cuDNN, the cell loop and the reference; one cell;
+    LSTM, GRU and RNN in fp32 and bf16 against cuDNN, the cell loop and the reference; the LSTM
+    cell at B=64 H=512 and at B=1024 H=256 (an RL rollout step), the GRU cell at B=64 H=512;
     the three clip sets; one torch.compile case.  On CPU, ``quick`` takes the small-batch shape
     (B=16, H=256, T=100) and fp32 only, which a CPU times in seconds.  ``smoke``: tiny shapes
     that only check the code runs (the default test suite's smoke test)."""
@@ -184,7 +186,8 @@ def plan(mode, device):
         return (_jobs(layers, dtypes, ("fastcells", "native"))
                 + _jobs(clip_cases(), dtypes, ("fastcells", "torch_foreach", "torch_loop")
                         if cuda else ("reference", "torch_foreach", "torch_loop"))
-                + _jobs(cell_cases("lstm_cell")[:1], dtypes, ("fastcells", "native", "reference"))
+                + _jobs(cell_cases("lstm_cell")[:2] + cell_cases("gru_cell")[:1], dtypes,
+                        ("fastcells", "native", "reference"))
                 + _jobs(layers, dtypes, ("cell_loop", "reference"))
                 + _jobs(layers[:1], ("fp32",), ("reference_compiled",)))
     if mode == "smoke":

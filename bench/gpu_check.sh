@@ -177,6 +177,14 @@ TESTS_LINE="$(grep -E '[0-9]+ (passed|failed|error)' "$OUT/tests.log" | tail -n 
 say "tests: ${TESTS_LINE:-no summary line (see tests.log)}"
 grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" | head -n 30 | tee -a "$LOG"
 
+# 3a. Host enqueue time and device time per call, fastcells against torch.nn (cells, a T=16
+#     layer): the calls whose cost is the host path.
+if [ $HAS_CUDA -eq 1 ]; then
+  stage host "$(min 60 $(( $(left) - BENCH_MIN_S - REPORT_S )))" "$OUT/host_overhead.log" \
+    "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"
+  tail -n 7 "$OUT/host_overhead.log"
+fi
+
 # 3b. The step kernels' tile sweep and CUDA graphs on/off at the fastrnns shape (GPU only).
 if [ $HAS_CUDA -eq 1 ]; then
   stage sweep "$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S )))" "$OUT/tile_sweep.log" \

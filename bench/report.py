@@ -12,6 +12,7 @@ import sys
 import textwrap
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable, NamedTuple, Optional
 
 IMPL_ORDER = ("fastcells", "native", "cell_loop", "reference", "reference_compiled",
               "torch_foreach", "torch_loop")
@@ -23,12 +24,58 @@ BASELINE = "native"
 
 
 def load(path):
-    """(meta, rows) of a results file ({"meta", "rows"}, or a bare list of rows)."""
+    """(meta, rows) of a results file ({"meta", "rows"}, or a bare list of rows), as stored: the
+    rows are the JSON objects bench/run.py writes (every function here also takes those)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     if isinstance(data, list):
         return {}, data
     return data.get("meta", {}), data["rows"]
+
+
+class Row(NamedTuple):
+    """The fields of one JSON row (bench/run.py's SCHEMA) that the report reads."""
+
+    op: str
+    case: str
+    dtype: str
+    impl: str
+    pass_: str
+    shape: dict
+    ms: Optional[float]
+    host_ms: Optional[float]
+    floor_ms: Optional[float]
+    floor_ratio: Optional[float]
+    gb_s: Optional[float]
+    peak_mem_mb: Optional[float]
+    error: Optional[str]
+
+    @classmethod
+    def from_json(cls, row):
+        """A Row of a JSON row (a Row passes through)."""
+        if isinstance(row, cls):
+            return row
+        return cls(**{f: row.get("pass" if f == "pass_" else f) for f in cls._fields})
+
+    def label(self):
+        return f"{self.op} {self.case} {self.dtype} {self.impl} {self.pass_}"
+
+
+class Comparison(NamedTuple):
+    """The rows of one comparison: the same op, case, dtype and pass, one row per impl."""
+
+    op: str
+    case: str
+    dtype: str
+    pass_: str
+    rows: dict          # impl -> Row
+
+    def get(self, impl):
+        return self.rows.get(impl)
+
+    def speedup(self, baseline):
+        """fastcells' speed-up over ``baseline`` (an impl), or None."""
+        return speedup(self.get(baseline), self.get(SUBJECT))
 
 
 def _index(seq, value):
@@ -39,37 +86,31 @@ def _order(keys, table):
     return sorted(keys, key=lambda k: _index(table, k))
 
 
-def _case_key(row):
-    """Rows of one comparison: same op, case, dtype and pass."""
-    return (row["op"], row["case"], row["dtype"], row["pass"])
-
-
-def _sort_key(key, case_order):
-    op, case, dtype, pass_ = key
-    return (_index(OP_ORDER, op), case_order.get((op, case), 0), _index(DTYPE_ORDER, dtype),
-            _index(PASS_ORDER, pass_))
-
-
 def group(rows):
-    """{(op, case, dtype, pass): {impl: row}} in report order, and the impls present."""
+    """([Comparison] in report order, the impls present) of JSON rows or Rows."""
     case_order = {}
     groups = defaultdict(dict)
-    for r in rows:
-        case_order.setdefault((r["op"], r["case"]), len(case_order))
-        groups[_case_key(r)][r["impl"]] = r
-    keys = sorted(groups, key=lambda k: _sort_key(k, case_order))
-    impls = _order({r["impl"] for r in rows}, IMPL_ORDER)
-    return {k: groups[k] for k in keys}, impls
+    for r in map(Row.from_json, rows):
+        case_order.setdefault((r.op, r.case), len(case_order))
+        groups[(r.op, r.case, r.dtype, r.pass_)][r.impl] = r
+    keys = sorted(groups, key=lambda k: (_index(OP_ORDER, k[0]), case_order[k[:2]],
+                                         _index(DTYPE_ORDER, k[2]), _index(PASS_ORDER, k[3])))
+    impls = _order({i for g in groups.values() for i in g}, IMPL_ORDER)
+    return [Comparison(*k, groups[k]) for k in keys], impls
+
+
+def _errors(rows):
+    return [r for r in map(Row.from_json, rows) if r.error]
 
 
 def _ok(row):
-    return row is not None and row.get("ms") is not None
+    return row is not None and row.ms is not None
 
 
 def speedup(baseline, subject):
     """baseline ms / subject ms (above 1: the subject is faster), or None."""
-    if _ok(baseline) and _ok(subject) and subject["ms"] > 0:
-        return baseline["ms"] / subject["ms"]
+    if _ok(baseline) and _ok(subject) and subject.ms > 0:
+        return baseline.ms / subject.ms
     return None
 
 
@@ -80,14 +121,69 @@ def _f(value, fmt="{:.3f}", none="—"):
 def _cell_ms(row):
     if row is None:
         return ""
-    if row.get("error"):
+    if row.error:
         return "error"
-    return _f(row["ms"], "{:.4g}")
+    return _f(row.ms, "{:.4g}")
+
+
+# ----------------------------------------------------------------------------------- tables
+class Column(NamedTuple):
+    """A table column: its title, and its text for a (Comparison, Row) item."""
+
+    title: str
+    text: Callable
+    left: bool = False      # left-aligned in the plain-text table
+
+
+def table(columns, items, markdown=True):
+    """The lines of a table of ``items`` ((Comparison, Row) pairs): markdown, or plain text with
+    aligned columns.  Every table of the report goes through here."""
+    head = [c.title for c in columns]
+    body = [[c.text(g, r) for c in columns] for g, r in items]
+    if markdown:
+        return (["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                + ["| " + " | ".join(cells) + " |" for cells in body])
+    widths = [max(len(cells[i]) for cells in [head] + body) for i in range(len(head))]
+    return ["  ".join(v.ljust(w) if c.left else v.rjust(w)
+                      for c, v, w in zip(columns, cells, widths)) for cells in [head] + body]
+
+
+def _key(*names, title=None):
+    """Columns naming the comparison: 'op', 'case', 'dtype', 'pass' (its field), or 'impl'."""
+    attr = {"pass": "pass_"}
+    return [Column(title or n, (lambda g, r: r.impl) if n == "impl" else
+                   (lambda g, r, a=attr.get(n, n): getattr(g, a)), left=True) for n in names]
+
+
+def _field(title, name, fmt, none="—"):
+    """A column of the item's row: ``fmt`` of its field ``name``."""
+    return Column(title, lambda g, r: _f(getattr(r, name, None), fmt, none))
+
+
+def _vs(bases):
+    """fastcells' speed-up over each of ``bases``."""
+    return [Column(f"vs {b}", lambda g, r, b=b: _f(g.speedup(b), "{:.2f}x", "")) for b in bases]
+
+
+MS = Column("ms", lambda g, r: _cell_ms(r))
+FLOOR_MS = _field("floor ms", "floor_ms", "{:.4g}")
+X_FLOOR = _field("x floor", "floor_ratio", "{:.1f}")
+GB_S = _field("GB/s", "gb_s", "{:.0f}")
+PEAK = _field("peak MiB", "peak_mem_mb", "{:.0f}")
+
+
+def _subject_items(comparisons):
+    return [(g, g.get(SUBJECT)) for g in comparisons if g.get(SUBJECT) is not None]
+
+
+def _bases(comparisons, impls):
+    """The impls other than fastcells with a row in ``comparisons``."""
+    return [i for i in impls if i != SUBJECT and any(i in g.rows for g in comparisons)]
 
 
 # --------------------------------------------------------------------------------- markdown
 def markdown(meta, rows):
-    groups, impls = group(rows)
+    comparisons, impls = group(rows)
     out = [f"# fastcells benchmarks: {meta.get('device', '?')}, {meta.get('date', '?')}", ""]
     hw = meta.get("hardware") or {}
     out.append(f"torch {meta.get('torch')}, triton {meta.get('triton')}, CUDA {meta.get('cuda')}, "
@@ -113,19 +209,39 @@ def markdown(meta, rows):
             "torch.nn cells; `reference` fastcells' plain-PyTorch path; `reference_compiled` its "
             "cell under torch.compile; `torch_foreach` / `torch_loop` "
             "torch.nn.utils.clip_grad_norm_ with foreach=True / False.", ""]
-    net = {k: g for k, g in groups.items() if k[0] != "clip"}
-    clip = {k: g for k, g in groups.items() if k[0] == "clip"}
-    if any(SUBJECT in g for g in net.values()):
-        out += _vs_table(net, impls)
+    net = [g for g in comparisons if g.op != "clip"]
+    clip = [g for g in comparisons if g.op == "clip"]
+    if _subject_items(net):
+        out += ["## fastcells against the baselines", "",
+                "Speed-up = baseline ms / fastcells ms (above 1: fastcells is faster); "
+                "x floor = fastcells ms / floor ms.", ""]
+        out += table(_key("op", "case", "dtype", "pass") + [
+            MS._replace(title="fastcells ms"), FLOOR_MS, X_FLOOR] + _vs(_bases(net, impls))
+            + [PEAK], _subject_items(net)) + [""]
     if clip:
-        out += _clip_table(clip, impls, meta.get("timer") == "do_bench")
+        vs_col = SUBJECT in impls
+        vs = Column("vs fastcells", lambda g, r: "" if r.impl == SUBJECT else
+                    _f(speedup(r, g.get(SUBJECT)), "{:.2f}x", ""))
+        out += ["## Clip-by-global-norm", "",
+                ("Device time (do_bench) and host time (the Python call, not synchronised) per "
+                 "call; " if meta.get("timer") == "do_bench" else
+                 "Wall time per call (on CPU the call does the work: host = device); ")
+                + "GB/s = the bytes a clip must move (read twice, write once) / device time.", ""]
+        out += table(_key("case", "dtype", "impl") + [
+            MS._replace(title="device ms"), _field("host ms", "host_ms", "{:.4g}"), GB_S,
+            X_FLOOR] + [vs] * vs_col + [PEAK],
+            [(g, g.rows[i]) for g in clip for i in _order(g.rows, impls)]) + [""]
     if net:
-        out += _ms_table(net, impls)
-    errors = [r for r in rows if r.get("error")]
+        present = [i for i in impls if any(i in g.rows for g in net)]
+        shape = Column("shape", lambda g, r: " ".join(f"{k}={v}" for k, v in r.shape.items()))
+        out += ["## Every layer and cell row (median ms)", ""]
+        out += table(_key("op", "case") + [shape] + _key("dtype", "pass") + [FLOOR_MS] + [
+            Column(i, lambda g, r, i=i: _cell_ms(g.get(i))) for i in present],
+            [(g, next(iter(g.rows.values()))) for g in net]) + [""]
+    errors = _errors(rows)
     if errors:
         out += ["## Errors", ""]
-        out += [f"- {r['op']} {r['case']} {r['dtype']} {r['impl']} {r['pass']}: `{r['error']}`"
-                for r in errors] + [""]
+        out += [f"- {r.label()}: `{r.error}`" for r in errors] + [""]
     skipped = meta.get("skipped") or []
     if skipped:
         out += ["## Not timed", ""]
@@ -137,61 +253,6 @@ def markdown(meta, rows):
             out.append(f"- {reason}: {shown}")
         out.append("")
     return "\n".join(out)
-
-
-def _vs_table(groups, impls):
-    bases = [i for i in impls if i != SUBJECT and any(i in g for g in groups.values())]
-    out = ["## fastcells against the baselines", "",
-           "Speed-up = baseline ms / fastcells ms (above 1: fastcells is faster); "
-           "x floor = fastcells ms / floor ms.", "",
-           "| op | case | dtype | pass | fastcells ms | floor ms | x floor | "
-           + " | ".join(f"vs {b}" for b in bases) + " | peak MiB |",
-           "|" + "---|" * (8 + len(bases))]
-    for (op, case, dtype, pass_), g in groups.items():
-        s = g.get(SUBJECT)
-        if s is None:
-            continue
-        vs = [_f(speedup(g.get(b), s), "{:.2f}x", "") for b in bases]
-        out.append(f"| {op} | {case} | {dtype} | {pass_} | {_cell_ms(s)} | {_f(s['floor_ms'], '{:.4g}')} "
-                   f"| {_f(s.get('floor_ratio'), '{:.1f}')} | " + " | ".join(vs)
-                   + f" | {_f(s.get('peak_mem_mb'), '{:.0f}')} |")
-    return out + [""]
-
-
-def _clip_table(groups, impls, cuda):
-    vs_col = SUBJECT in impls
-    out = ["## Clip-by-global-norm", "",
-           ("Device time (do_bench) and host time (the Python call, not synchronised) per call; "
-            if cuda else "Wall time per call (on CPU the call does the work: host = device); ")
-           + "GB/s = the bytes a clip must move (read twice, write once) / device time.", "",
-           "| case | dtype | impl | device ms | host ms | GB/s | x floor | "
-           + ("vs fastcells | " if vs_col else "") + "peak MiB |",
-           "|" + "---|" * (8 + vs_col)]
-    for (_, case, dtype, _), g in groups.items():
-        for impl in _order(g, impls):
-            r = g[impl]
-            vs = ""
-            if vs_col:
-                vs = " | " + ("" if impl == SUBJECT else
-                              _f(speedup(r, g.get(SUBJECT)), "{:.2f}x", ""))
-            out.append(f"| {case} | {dtype} | {impl} | {_cell_ms(r)} | {_f(r.get('host_ms'), '{:.4g}')} "
-                       f"| {_f(r.get('gb_s'), '{:.0f}')} | {_f(r.get('floor_ratio'), '{:.1f}')}{vs} "
-                       f"| {_f(r.get('peak_mem_mb'), '{:.0f}')} |")
-    return out + [""]
-
-
-def _ms_table(groups, impls):
-    present = [i for i in impls if any(i in g for g in groups.values())]
-    out = ["## Every layer and cell row (median ms)", "",
-           "| op | case | shape | dtype | pass | floor ms | " + " | ".join(present) + " |",
-           "|" + "---|" * (6 + len(present))]
-    for (op, case, dtype, pass_), g in groups.items():
-        any_row = next(iter(g.values()))
-        shape = " ".join(f"{k}={v}" for k, v in any_row["shape"].items())
-        out.append(f"| {op} | {case} | {shape} | {dtype} | {pass_} | "
-                   f"{_f(any_row['floor_ms'], '{:.4g}')} | "
-                   + " | ".join(_cell_ms(g.get(i)) for i in present) + " |")
-    return out + [""]
 
 
 # ------------------------------------------------------------------------------------ plots
@@ -207,22 +268,22 @@ def plots(meta, rows, stem):
         import matplotlib.pyplot as plt
     except ImportError:
         return []
-    groups, impls = group(rows)
-    net = {k: g for k, g in groups.items() if k[0] != "clip"}
-    clip = {k: g for k, g in groups.items() if k[0] == "clip"}
+    comparisons, impls = group(rows)
+    net = [g for g in comparisons if g.op != "clip"]
+    clip = [g for g in comparisons if g.op == "clip"]
     where = f"{meta.get('device', '?')}, {str(meta.get('date', '?'))[:10]}"
     written = []
-    if any(speedup(g.get(BASELINE), g.get(SUBJECT)) for g in net.values()):
+    if any(g.speedup(BASELINE) for g in net):
         base = "cuDNN / ATen cell" if meta.get("timer") == "do_bench" else "torch"
         path = Path(f"{stem}_speedup.png")
-        _grid(plt, net, "pass", "dtype", lambda g: speedup(g.get(BASELINE), g.get(SUBJECT)),
+        _grid(plt, net, "pass_", "dtype", lambda g: g.speedup(BASELINE),
               f"fastcells speed-up over {BASELINE} ({base}); above 1: fastcells is faster — {where}",
               path, labels=True)
         written.append(path)
-    training = {k: g for k, g in net.items() if k[3] == "fwd+bwd"}
+    training = [g for g in net if g.pass_ == "fwd+bwd"]
     if training:
         path = Path(f"{stem}_floor.png")
-        _grid(plt, training, "dtype", "impl", lambda r: r["floor_ratio"] if _ok(r) else None,
+        _grid(plt, training, "dtype", "impl", lambda r: r.floor_ratio if _ok(r) else None,
               f"fwd+bwd time / hardware floor (1: at the floor) — {where}", path)
         written.append(path)
     if clip:
@@ -272,35 +333,34 @@ def _bars(ax, labels, series, ylabel, from_one=False, value_labels=False):
         ax.legend(fontsize=6)
 
 
-def _grid(plt, groups, col_by, bar_by, value, title, path, labels=False):
-    """Subplots: a row per op, a column per ``col_by`` ('pass' or 'dtype'); in each, x = case and
-    one bar per ``bar_by`` ('dtype': value(group), or 'impl': value(row))."""
-    field = {"dtype": 2, "pass": 3}
-    ops = _order({k[0] for k in groups}, OP_ORDER)
-    cols = _order({k[field[col_by]] for k in groups},
-                  PASS_ORDER if col_by == "pass" else DTYPE_ORDER)
+def _grid(plt, comparisons, col_by, bar_by, value, title, path, labels=False):
+    """Subplots: a row per op, a column per ``col_by`` ('pass_' or 'dtype'); in each, x = case
+    and one bar per ``bar_by`` ('dtype': value(Comparison), or 'impl': value(Row))."""
+    ops = _order({g.op for g in comparisons}, OP_ORDER)
+    cols = _order({getattr(g, col_by) for g in comparisons},
+                  PASS_ORDER if col_by == "pass_" else DTYPE_ORDER)
     if bar_by == "dtype":
-        names = _order({k[2] for k in groups}, DTYPE_ORDER)
+        names = _order({g.dtype for g in comparisons}, DTYPE_ORDER)
     else:
-        names = _order({i for g in groups.values() for i in g}, IMPL_ORDER)
-    n_cases = max(len({k[1] for k in groups if k[0] == op}) for op in ops)
+        names = _order({i for g in comparisons for i in g.rows}, IMPL_ORDER)
+    n_cases = max(len({g.case for g in comparisons if g.op == op}) for op in ops)
     width = max(4.0, 1.2 + 0.16 * n_cases * len(names))
     fig, axes = plt.subplots(len(ops), len(cols), squeeze=False,
                              figsize=(max(6.0, width * len(cols)), 3.0 * len(ops)))
     for r, op in enumerate(ops):
         for c, col in enumerate(cols):
-            keys = [k for k in groups if k[0] == op and k[field[col_by]] == col]
-            cases = list(dict.fromkeys(k[1] for k in keys))
+            here = [g for g in comparisons if g.op == op and getattr(g, col_by) == col]
+            cases = list(dict.fromkeys(g.case for g in here))
             series = {}
             for name in names:
                 vals = []
                 for case in cases:
                     if bar_by == "dtype":
-                        g = next((groups[k] for k in keys if k[1] == case and k[2] == name), None)
+                        g = next((g for g in here if g.case == case and g.dtype == name), None)
                         vals.append(value(g) if g else None)
                     else:
-                        g = next((groups[k] for k in keys if k[1] == case), {})
-                        vals.append(value(g[name]) if name in g else None)
+                        g = next((g for g in here if g.case == case), None)
+                        vals.append(value(g.rows[name]) if g and name in g.rows else None)
                 if any(vals):
                     series[name] = vals
             _bars(axes[r][c], cases, series, "ratio", from_one=True, value_labels=labels)
@@ -316,13 +376,12 @@ def _title(fig, title):
     fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=10)
 
 
-def _clip_plot(plt, groups, impls, title, path):
-    keys = list(groups)
-    labels = [f"{k[1]} {k[2]}" for k in keys]
-    fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 1.2 * len(keys)) * 2, 3.6))
+def _clip_plot(plt, comparisons, impls, title, path):
+    labels = [f"{g.case} {g.dtype}" for g in comparisons]
+    fig, axes = plt.subplots(1, 2, figsize=(max(5.0, 1.2 * len(comparisons)) * 2, 3.6))
     for ax, field, name in ((axes[0], "ms", "device ms per call"),
                             (axes[1], "host_ms", "host ms per call")):
-        series = {i: [groups[k][i].get(field) if i in groups[k] else None for k in keys]
+        series = {i: [getattr(g.rows[i], field) if i in g.rows else None for g in comparisons]
                   for i in impls}
         series = {i: v for i, v in series.items() if any(v)}
         _bars(ax, labels, series, name)
@@ -337,36 +396,28 @@ def _clip_plot(plt, groups, impls, title, path):
 def summary(meta, rows, max_errors=10):
     """A short text table: every comparison's median ms per impl and fastcells' speed-up over
     native, then the errors and what was not timed."""
-    groups, impls = group(rows)
-    head = ["op", "case", "dtype", "pass"] + list(impls)
-    has_subject = SUBJECT in impls and BASELINE in impls
-    if has_subject:
-        head += ["fc/native", "fc xfloor"]
-    lines = [head]
-    for (op, case, dtype, pass_), g in groups.items():
-        cells = []
-        for i in impls:
-            r = g.get(i)
-            text = _cell_ms(r)
-            if _ok(r) and r.get("host_ms") is not None and r["host_ms"] != r["ms"]:
-                text += f"/{r['host_ms']:.3g}h"
-            cells.append(text)
-        line = [op, case, dtype, pass_] + cells
-        if has_subject:
-            line += [_f(speedup(g.get(BASELINE), g.get(SUBJECT)), "{:.2f}x", ""),
-                     _f((g.get(SUBJECT) or {}).get("floor_ratio"), "{:.1f}", "")]
-        lines.append(line)
-    widths = [max(len(str(line[c])) for line in lines) for c in range(len(head))]
+    comparisons, impls = group(rows)
+
+    def ms_host(impl):   # median ms, and the host time where it differs (clip)
+        def text(g, _):
+            r = g.get(impl)
+            host = (f"/{r.host_ms:.3g}h" if _ok(r) and r.host_ms is not None and r.host_ms != r.ms
+                    else "")
+            return _cell_ms(r) + host
+        return Column(impl, text)
+
+    columns = _key("op", "case", "dtype", "pass") + [ms_host(i) for i in impls]
+    if SUBJECT in impls and BASELINE in impls:
+        columns += [Column("fc/native", lambda g, r: _f(g.speedup(BASELINE), "{:.2f}x", "")),
+                    _field("fc xfloor", "floor_ratio", "{:.1f}", "")]
     text = [f"fastcells benchmark ({meta.get('mode')}): {meta.get('device')}, {meta.get('date')}, "
             f"torch {meta.get('torch')}, triton {meta.get('triton')}, commit {meta.get('commit')}",
             "median ms per call (clip: device/host 'h'); fc/native = fastcells speed-up over native"]
-    text += ["  ".join(str(v).rjust(w) if c >= 4 else str(v).ljust(w)
-                       for c, (v, w) in enumerate(zip(line, widths))) for line in lines]
-    errors = [r for r in rows if r.get("error")]
+    text += table(columns, [(g, g.get(SUBJECT)) for g in comparisons], markdown=False)
+    errors = _errors(rows)
     if errors:
         text.append(f"{len(errors)} errors:")
-        text += [f"  {r['op']} {r['case']} {r['dtype']} {r['impl']} {r['pass']}: {r['error']}"
-                 for r in errors[:max_errors]]
+        text += [f"  {r.label()}: {r.error}" for r in errors[:max_errors]]
         if len(errors) > max_errors:
             text.append(f"  ... and {len(errors) - max_errors} more (see the JSON)")
     skipped = meta.get("skipped") or []
@@ -398,7 +449,7 @@ def readme_section(json_path, link_base="bench/results", passes=("fwd", "fwd+bwd
     speed-up over each baseline and its distance from the floor (``passes`` of the layers and
     cells; every clip row), naming the GPU and date."""
     meta, rows = load(json_path)
-    groups, impls = group(rows)
+    comparisons, impls = group(rows)
     name = Path(json_path).stem
     out = [f"Measured on {meta.get('device')}, {str(meta.get('date'))[:10]} (torch "
            f"{meta.get('torch')}, triton {meta.get('triton')}, commit `{str(meta.get('commit'))[:12]}`, "
@@ -406,34 +457,23 @@ def readme_section(json_path, link_base="bench/results", passes=("fwd", "fwd+bwd
            f"pass in [`{name}.md`]({link_base}/{name}.md), plots `{name}_*.png`. Speed-up = "
            "baseline time / fastcells time (above 1: fastcells is faster); x floor = fastcells "
            "time / the hardware floor measured in the same run.", ""]
-    net = {k: g for k, g in groups.items() if k[0] != "clip" and k[3] in passes and _ok(g.get(SUBJECT))}
-    bases = [i for i in impls if i != SUBJECT and any(i in g for g in net.values())]
+    timed = [g for g in comparisons if _ok(g.get(SUBJECT))]
+    net = [g for g in timed if g.op != "clip" and g.pass_ in passes]
     if net:
-        out += ["| op | case | dtype | pass | fastcells ms | x floor | "
-                + " | ".join(f"vs {b}" for b in bases) + " |", "|" + "---|" * (6 + len(bases))]
-        for (op, case, dtype, pass_), g in net.items():
-            s = g[SUBJECT]
-            out.append(f"| {op} | {case} | {dtype} | {pass_} | {s['ms']:.4g} | "
-                       f"{_f(s.get('floor_ratio'), '{:.1f}')} | "
-                       + " | ".join(_f(speedup(g.get(b), s), "{:.2f}x", "") for b in bases) + " |")
-        out.append("")
-    clip = {k: g for k, g in groups.items() if k[0] == "clip" and _ok(g.get(SUBJECT))}
-    cbases = [i for i in impls if i != SUBJECT and any(i in g for g in clip.values())]
+        out += table(_key("op", "case", "dtype", "pass") + [MS._replace(title="fastcells ms"),
+                     X_FLOOR] + _vs(_bases(net, impls)), _subject_items(net)) + [""]
+    clip = [g for g in timed if g.op == "clip"]
     if clip:
-        out += ["| clip | dtype | fastcells device ms | host ms | GB/s | "
-                + " | ".join(f"vs {b} (device / host)" for b in cbases) + " |",
-                "|" + "---|" * (5 + len(cbases))]
-        for (_, case, dtype, _), g in clip.items():
-            s = g[SUBJECT]
-            vs = []
-            for b in cbases:
+        def vs(b):   # device and host speed-up
+            def text(g, s):
                 r = g.get(b)
-                host = (r["host_ms"] / s["host_ms"] if _ok(r) and r.get("host_ms") and s.get("host_ms")
-                        else None)
-                vs.append(f"{_f(speedup(r, s), '{:.2f}x', '')} / {_f(host, '{:.2f}x', '')}")
-            out.append(f"| {case} | {dtype} | {s['ms']:.4g} | {_f(s.get('host_ms'), '{:.3g}')} | "
-                       f"{_f(s.get('gb_s'), '{:.0f}')} | " + " | ".join(vs) + " |")
-        out.append("")
+                host = (r.host_ms / s.host_ms if _ok(r) and r.host_ms and s.host_ms else None)
+                return f"{_f(speedup(r, s), '{:.2f}x', '')} / {_f(host, '{:.2f}x', '')}"
+            return Column(f"vs {b} (device / host)", text)
+
+        out += table(_key("case", title="clip") + _key("dtype") + [
+            MS._replace(title="fastcells device ms"), _field("host ms", "host_ms", "{:.3g}"),
+            GB_S] + [vs(b) for b in _bases(clip, impls)], _subject_items(clip)) + [""]
     return "\n".join(out)
 
 

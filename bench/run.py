@@ -4,6 +4,8 @@ the PNG plots drawn from it).
     python bench/run.py --quick                      # the GPU check's small run
     python bench/run.py                              # every case, dtype and baseline
     python bench/run.py --ops lstm,clip --dtypes bf16 --out /tmp/results
+    python bench/run.py --host                       # host time per call (bench/host_overhead.py;
+                                                     # on CPU with TRITON_INTERPRET=1)
 
 Without a CUDA GPU it says that the Triton kernels need one to be timed, and times what the CPU
 can honestly compare: torch's native modules, the cell loop, the reference path (eager and
@@ -277,6 +279,8 @@ def parse_args(argv):
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no new case after this many seconds (the rows so far are kept)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--host", action="store_true",
+                   help="measure host time per call instead (bench/host_overhead.py)")
     p.add_argument("--no-report", action="store_true",
                    help="write the JSON only (bench/report.py draws the table and plots later)")
     return p.parse_args(argv)
@@ -284,6 +288,9 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.host:
+        from bench import host_overhead
+        return host_overhead.main(["--device", args.device] if args.device else [])
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())

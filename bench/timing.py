@@ -64,11 +64,14 @@ def host_time(fn, device, *, rep_ms=300, max_reps=50, min_reps=3):
 
 def peak_memory_mb(fn, device):
     """MiB that torch's CUDA allocator holds at the peak of one call beyond what was allocated
-    before it (inputs, weights, a retained graph); None on CPU, where torch keeps no such count."""
+    before it (inputs, weights, a retained graph), plus what fastcells' CUDA-graph cache keeps
+    between calls (its static buffers serve the call, though allocated by an earlier one); None
+    on CPU, where torch keeps no such count."""
     if device.type != "cuda":
         return None
+    from fastcells.kernels import cuda_graph
     synchronize(device)
-    base = torch.cuda.memory_allocated(device)
+    base = torch.cuda.memory_allocated(device) - cuda_graph.cached_bytes(device)
     torch.cuda.reset_peak_memory_stats(device)
     fn()
     synchronize(device)

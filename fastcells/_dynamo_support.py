@@ -7,15 +7,30 @@ run on custom ops with fake implementations, so the check is lifted for them alo
 wraps a fastcells module, ``allow_rnn`` is on; torch's own modules see no difference.
 """
 import functools
+import warnings
+
+import torch
+
+
+def _warn(why):
+    warnings.warn(
+        f"fastcells: cannot let torch.compile trace fastcells' LSTM/GRU/RNN on torch "
+        f"{torch.__version__} ({why}); torch.compile graph-breaks at them (torch's own modules "
+        "are affected no differently). fastcells is tested with torch 2.11 and 2.13.",
+        RuntimeWarning, stacklevel=3)
 
 
 def install(module_types):
+    """Patch Dynamo once; returns whether the patch is in place.  On a torch whose Dynamo
+    internals moved, warn once (at import) and leave Dynamo as it is."""
     try:
         from torch._dynamo import config
         from torch._dynamo.variables.builder import VariableBuilder
-    except ImportError:  # an older or newer Dynamo: fastcells modules then graph-break
+        original = VariableBuilder.wrap_module
+        config.allow_rnn  # noqa: B018  (the flag the patch turns on)
+    except Exception as e:  # noqa: BLE001  (any torch: fastcells must still import)
+        _warn(f"{type(e).__name__}: {e}")
         return False
-    original = VariableBuilder.wrap_module
     if getattr(original, "_fastcells", False):
         return True
 

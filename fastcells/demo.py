@@ -22,6 +22,8 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +58,91 @@ TABLE_POINTS = 5        # steps shown in the gradient-flow table
 def solved(test_mse, baseline_mse):
     """The one definition of 'solved'."""
     return bool(test_mse < SOLVED_FRACTION * baseline_mse)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One run's settings (``python -m fastcells.demo`` builds it from its arguments)."""
+
+    seq_len: int
+    steps: int
+    seed: int
+    device: torch.device
+    backend: str            # the fastcells backend that runs (a name of BACKENDS)
+    mode: str = "default"   # the preset: "quick" or "default"
+
+    @property
+    def explode_steps(self):
+        return min(300, max(20, self.steps // 10))
+
+    @property
+    def backend_label(self):
+        """The backend as printed and written to the JSON: 'auto (native)' says what 'auto'
+        resolves to on this device."""
+        resolved = resolve(self.backend, torch.zeros(0, device=self.device))
+        return self.backend if self.backend == resolved else f"{self.backend} ({resolved})"
+
+
+# ---------------------------------------------------------------------------------- results
+@dataclass
+class ModelResult:
+    """One cell trained on the adding problem."""
+
+    cell: str                       # one of CELLS
+    test_mse: float                 # after training
+    baseline_mse: float             # predicting the mean
+    solved_at_step: Optional[int]   # the first evaluation that counts as solved
+    curve: List[Tuple[int, float]]  # (training step, test MSE), step 0 included
+    seconds: float                  # training time
+    flow_init: diagnostics.GradientFlow
+    flow: diagnostics.GradientFlow  # after training
+
+    @property
+    def solved(self):
+        return solved(self.test_mse, self.baseline_mse)   # the module's one definition
+
+
+@dataclass
+class ClipRun:
+    """One SGD run of the exploding ReLU RNN: per step, the loss and the gradient norm."""
+
+    losses: List[float]
+    grad_norms: List[float]
+
+    @property
+    def nonfinite(self):
+        """The 1-based steps whose loss or gradient norm is inf or nan."""
+        return [i + 1 for i, (l, n) in enumerate(zip(self.losses, self.grad_norms))
+                if not (math.isfinite(l) and math.isfinite(n))]
+
+    @property
+    def nonfinite_steps(self):
+        return len(self.nonfinite)
+
+    @property
+    def first_nonfinite_step(self):
+        return next(iter(self.nonfinite), None)
+
+
+@dataclass
+class ClipResult:
+    """The exploding-gradient experiment: W_hh = gain * I, the same run without and with
+    clipping."""
+
+    gain: float
+    steps: int
+    without_clip: ClipRun
+    with_clip: ClipRun
+
+
+@dataclass
+class DemoResult:
+    """All three experiments."""
+
+    models: List[ModelResult]       # in the order of CELLS
+    clipping: ClipResult
+    baseline_mse: float
+    seconds: float
 
 
 # ----------------------------------------------------------------------------------- the task
@@ -157,25 +244,25 @@ def _test_mse(model, x, y):
 
 
 def train_cell(cell, cfg, test, progress):
-    """Train one cell on the adding problem; returns its results (curves included).
+    """Train one cell on the adding problem; returns its :class:`ModelResult`.
 
     test: (x, y, baseline MSE)."""
     x_test, y_test, baseline = test
-    device = cfg["device"]
-    torch.manual_seed(cfg["seed"])
+    device = cfg.device
+    torch.manual_seed(cfg.seed)
     model = AddingModel(cell).to(device)
     flow_init = gradient_flow(model, x_test, y_test)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=LR)
-    gen = torch.Generator().manual_seed(cfg["seed"] + 1)   # the same batches for every cell
-    steps = cfg["steps"]
+    gen = torch.Generator().manual_seed(cfg.seed + 1)   # the same batches for every cell
+    steps = cfg.steps
     eval_every = max(1, steps // EVAL_POINTS)
     curve = [(0, _test_mse(model, x_test, y_test))]
     running = None
     progress.start(f"training {cell}")
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
-        x, y = adding_problem(BATCH_SIZE, cfg["seq_len"], gen)
+        x, y = adding_problem(BATCH_SIZE, cfg.seq_len, gen)
         x, y = x.to(device), y.to(device)
         loss = F.mse_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -190,25 +277,25 @@ def train_cell(cell, cfg, test, progress):
     seconds = time.perf_counter() - t0
     flow = gradient_flow(model, x_test, y_test)
     solved_at = next((s for s, v in curve if solved(v, baseline)), None)
-    return dict(cell=cell, test_mse=curve[-1][1], baseline_mse=baseline,
-                solved=solved(curve[-1][1], baseline), solved_at_step=solved_at, curve=curve,
-                seconds=seconds, flow_init=flow_init, flow=flow)
+    return ModelResult(cell=cell, test_mse=curve[-1][1], baseline_mse=baseline,
+                       solved_at_step=solved_at, curve=curve, seconds=seconds,
+                       flow_init=flow_init, flow=flow)
 
 
 def exploding(cfg, progress):
     """A ReLU RNN with W_hh = g*I (g**T = EXPLODE_GROWTH), SGD, without and with clipping."""
-    device, T = cfg["device"], cfg["seq_len"]
+    device, T = cfg.device, cfg.seq_len
     gain = EXPLODE_GROWTH ** (1.0 / T)
-    steps = cfg["explode_steps"]
-    runs = {}
+    steps = cfg.explode_steps
+    runs = []
     for clip in (False, True):
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(cfg.seed)
         model = AddingModel("rnn", nonlinearity="relu").to(device)
         with torch.no_grad():
             model.rnn.weight_hh_l0.copy_(gain * torch.eye(HIDDEN_SIZE))
         params = list(model.parameters())
         opt = torch.optim.SGD(params, lr=EXPLODE_LR)
-        gen = torch.Generator().manual_seed(cfg["seed"] + 3)
+        gen = torch.Generator().manual_seed(cfg.seed + 3)
         losses, norms = [], []
         progress.start("clip_grad_norm_" if clip else "no clipping", lines=1)
         for step in range(1, steps + 1):
@@ -224,29 +311,25 @@ def exploding(cfg, progress):
             losses.append(_cpu_float(loss))
             norms.append(_cpu_float(norm))
             progress.update(step, steps, f"loss {losses[-1]:.4g}")
-        bad = [i + 1 for i, (l, n) in enumerate(zip(losses, norms))
-               if not (math.isfinite(l) and math.isfinite(n))]
-        runs["with_clip" if clip else "without_clip"] = dict(
-            losses=losses, grad_norms=norms, nonfinite_steps=len(bad),
-            first_nonfinite_step=bad[0] if bad else None)
-    return dict(gain=gain, steps=steps, **runs)
+        runs.append(ClipRun(losses=losses, grad_norms=norms))
+    return ClipResult(gain, steps, *runs)
 
 
 def run(cfg, progress=None):
-    """All three experiments; returns the results (the JSON's content plus curves)."""
+    """All three experiments; returns a :class:`DemoResult` (the JSON's content plus curves)."""
     progress = progress or Progress()
     t0 = time.perf_counter()
-    x_test, y_test = adding_problem(TEST_SIZE, cfg["seq_len"],
-                                    torch.Generator().manual_seed(cfg["seed"] + 2))
-    x_test, y_test = x_test.to(cfg["device"]), y_test.to(cfg["device"])
+    x_test, y_test = adding_problem(TEST_SIZE, cfg.seq_len,
+                                    torch.Generator().manual_seed(cfg.seed + 2))
+    x_test, y_test = x_test.to(cfg.device), y_test.to(cfg.device)
     baseline = _cpu_float(((y_test - y_test.mean()) ** 2).mean())
-    progress.note(f"long dependencies: training {', '.join(CELLS)} for {cfg['steps']} steps each")
+    progress.note(f"long dependencies: training {', '.join(CELLS)} for {cfg.steps} steps each")
     models = [train_cell(cell, cfg, (x_test, y_test, baseline), progress) for cell in CELLS]
-    progress.note(f"exploding gradients: ReLU RNN, {cfg['explode_steps']} SGD steps without "
+    progress.note(f"exploding gradients: ReLU RNN, {cfg.explode_steps} SGD steps without "
                   "and with clipping")
     clipping = exploding(cfg, progress)
-    return dict(models=models, clipping=clipping, baseline_mse=baseline,
-                seconds=time.perf_counter() - t0)
+    return DemoResult(models=models, clipping=clipping, baseline_mse=baseline,
+                      seconds=time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------ output
@@ -275,54 +358,52 @@ def table_steps(seq_len, points=TABLE_POINTS):
 def report(results, cfg, out=None):
     out = out or sys.stdout
     p = lambda *a: print(*a, file=out)  # noqa: E731
-    T = cfg["seq_len"]
+    T = cfg.seq_len
     ts = table_steps(T)
     p()
     p(f"Gradient flow: ||dL/dh_t|| of the test loss, mean over {TEST_SIZE} test sequences")
     p(f"  vanishing factor = ||dL/dh_{T}|| / ||dL/dh_1||: "
       "large means step 1 barely affects the loss")
     rows = []
-    for m in results["models"]:
-        for when, flow in (("init", m["flow_init"]), ("trained", m["flow"])):
-            rows.append([m["cell"], when] + [_fmt(flow.at(t)) for t in ts] +
+    for m in results.models:
+        for when, flow in (("init", m.flow_init), ("trained", m.flow)):
+            rows.append([m.cell, when] + [_fmt(flow.at(t)) for t in ts] +
                         [_fmt(flow.vanishing_factor)])
     p(_table(["cell", "when"] + [f"t={t}" for t in ts] + ["vanishing factor"], rows))
 
-    c = results["clipping"]
+    c = results.clipping
     p()
-    p(f"Exploding gradients: ReLU RNN, W_hh = {c['gain']:.4f} * I ({c['gain']:.4f}^{T} = "
-      f"{EXPLODE_GROWTH:g}), SGD lr {EXPLODE_LR}, {c['steps']} steps")
+    p(f"Exploding gradients: ReLU RNN, W_hh = {c.gain:.4f} * I ({c.gain:.4f}^{T} = "
+      f"{EXPLODE_GROWTH:g}), SGD lr {EXPLODE_LR}, {c.steps} steps")
     p("  non-finite step: the loss or the gradient norm is inf or nan")
     rows = []
-    for key, name in (("without_clip", "without clipping"),
-                      ("with_clip", f"fastcells.clip_grad_norm_(max_norm={CLIP_NORM})")):
-        r = c[key]
-        first = r["first_nonfinite_step"]
-        rows.append([name, f"{r['nonfinite_steps']}/{c['steps']}",
+    for r, name in ((c.without_clip, "without clipping"),
+                    (c.with_clip, f"fastcells.clip_grad_norm_(max_norm={CLIP_NORM})")):
+        first = r.first_nonfinite_step
+        rows.append([name, f"{r.nonfinite_steps}/{c.steps}",
                      "-" if first is None else str(first),
-                     _fmt(r["grad_norms"][0]), _fmt(r["losses"][-1], ".4g")])
+                     _fmt(r.grad_norms[0]), _fmt(r.losses[-1], ".4g")])
     p(_table(["training", "non-finite steps", "first", "grad norm, step 1", "final loss"], rows))
 
     p()
-    p(f"Long dependencies: test MSE after {cfg['steps']} steps of Adam (lr {LR}, batch "
+    p(f"Long dependencies: test MSE after {cfg.steps} steps of Adam (lr {LR}, batch "
       f"{BATCH_SIZE}, hidden {HIDDEN_SIZE}, clip_grad_norm_ {CLIP_NORM}), the same for every cell")
-    p(f"  baseline (predict the mean): MSE {results['baseline_mse']:.4f}; solved: test MSE below "
+    p(f"  baseline (predict the mean): MSE {results.baseline_mse:.4f}; solved: test MSE below "
       f"{SOLVED_FRACTION:.0%} of it")
-    p(f"Summary (seq_len {T}, {cfg['steps']} steps, seed {cfg['seed']}, {cfg['device']}, "
-      f"backend {cfg['backend']}):")
+    p(f"Summary (seq_len {T}, {cfg.steps} steps, seed {cfg.seed}, {cfg.device}, "
+      f"backend {cfg.backend_label}):")
     rows = []
-    for m in results["models"]:
-        rows.append([CELL_NAMES[m["cell"]], f"{m['test_mse']:.4f}", f"{m['baseline_mse']:.4f}",
-                     f"{m['test_mse'] / m['baseline_mse']:.1%}",
-                     "yes" if m["solved"] else "no",
-                     "-" if m["solved_at_step"] is None else str(m["solved_at_step"]),
-                     _fmt(m["flow_init"].vanishing_factor), _fmt(m["flow"].vanishing_factor),
-                     f"{m['seconds']:.1f}s"])
+    for m in results.models:
+        rows.append([CELL_NAMES[m.cell], f"{m.test_mse:.4f}", f"{m.baseline_mse:.4f}",
+                     f"{m.test_mse / m.baseline_mse:.1%}", "yes" if m.solved else "no",
+                     "-" if m.solved_at_step is None else str(m.solved_at_step),
+                     _fmt(m.flow_init.vanishing_factor), _fmt(m.flow.vanishing_factor),
+                     f"{m.seconds:.1f}s"])
     p(_table(["cell", "test MSE", "baseline", "ratio", "solved", "first solved at", "vanish. init",
               "vanish. trained", "train time"], rows))
-    p(f"non-finite training steps: {c['without_clip']['nonfinite_steps']} without clipping, "
-      f"{c['with_clip']['nonfinite_steps']} with fastcells.clip_grad_norm_")
-    p(f"total time {results['seconds']:.1f}s")
+    p(f"non-finite training steps: {c.without_clip.nonfinite_steps} without clipping, "
+      f"{c.with_clip.nonfinite_steps} with fastcells.clip_grad_norm_")
+    p(f"total time {results.seconds:.1f}s")
 
 
 def _finite_or_none(v):
@@ -342,22 +423,24 @@ def dumps_json(doc):
 
 
 def to_json(results, cfg):
-    """The JSON document (non-finite numbers become null)."""
-    models = [dict(cell=m["cell"], seq_len=cfg["seq_len"], test_mse=m["test_mse"],
-                   baseline_mse=m["baseline_mse"], solved=m["solved"],
-                   vanishing_factor_init=_json_number(m["flow_init"].vanishing_factor),
-                   vanishing_factor=_json_number(m["flow"].vanishing_factor),
-                   solved_at_step=m["solved_at_step"], steps=cfg["steps"],
-                   train_seconds=m["seconds"])
-              for m in results["models"]]
-    c = results["clipping"]
-    clipping = dict(nonfinite_steps_without_clip=c["without_clip"]["nonfinite_steps"],
-                    nonfinite_steps_with_clip=c["with_clip"]["nonfinite_steps"],
-                    steps=c["steps"], max_norm=CLIP_NORM, recurrent_gain=c["gain"],
-                    final_loss_without_clip=_finite_or_none(c["without_clip"]["losses"][-1]),
-                    final_loss_with_clip=_finite_or_none(c["with_clip"]["losses"][-1]))
-    config = dict(seq_len=cfg["seq_len"], steps=cfg["steps"], seed=cfg["seed"],
-                  device=str(cfg["device"]), backend=cfg["backend"], hidden_size=HIDDEN_SIZE,
+    """The JSON document of a :class:`DemoResult` (see docs/demo.md).  A NaN test MSE or
+    vanishing factor becomes null; an infinite vanishing factor stays infinite (:func:`dumps_json`
+    writes it as 1e999); a final loss that is inf or nan (the run without clipping) becomes
+    null."""
+    models = [dict(cell=m.cell, seq_len=cfg.seq_len, test_mse=_json_number(m.test_mse),
+                   baseline_mse=m.baseline_mse, solved=m.solved,
+                   vanishing_factor_init=_json_number(m.flow_init.vanishing_factor),
+                   vanishing_factor=_json_number(m.flow.vanishing_factor),
+                   solved_at_step=m.solved_at_step, steps=cfg.steps, train_seconds=m.seconds)
+              for m in results.models]
+    c = results.clipping
+    clipping = dict(nonfinite_steps_without_clip=c.without_clip.nonfinite_steps,
+                    nonfinite_steps_with_clip=c.with_clip.nonfinite_steps,
+                    steps=c.steps, max_norm=CLIP_NORM, recurrent_gain=c.gain,
+                    final_loss_without_clip=_finite_or_none(c.without_clip.losses[-1]),
+                    final_loss_with_clip=_finite_or_none(c.with_clip.losses[-1]))
+    config = dict(seq_len=cfg.seq_len, steps=cfg.steps, seed=cfg.seed,
+                  device=str(cfg.device), backend=cfg.backend_label, hidden_size=HIDDEN_SIZE,
                   batch_size=BATCH_SIZE, test_size=TEST_SIZE,
                   solved="test_mse < %g * baseline_mse" % SOLVED_FRACTION)
     return dict(models=models, clipping=clipping, config=config)
@@ -371,26 +454,26 @@ def plot(results, cfg, path):
 
     colors = {"rnn": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    T = cfg["seq_len"]
+    T = cfg.seq_len
     steps = range(1, T + 1)
     for ax, key, title in ((axes[0, 0], "flow_init", "at initialisation"),
-                           (axes[0, 1], "flow", f"after {cfg['steps']} training steps")):
-        for m in results["models"]:
-            f = m[key]
-            ax.semilogy(steps, f.mean.clamp_min(1e-300).numpy(), color=colors[m["cell"]],
-                        label=f"{m['cell']} (vanishing factor {_fmt(f.vanishing_factor, '.1e')})")
+                           (axes[0, 1], "flow", f"after {cfg.steps} training steps")):
+        for m in results.models:
+            f = getattr(m, key)
+            ax.semilogy(steps, f.mean.clamp_min(1e-300).numpy(), color=colors[m.cell],
+                        label=f"{m.cell} (vanishing factor {_fmt(f.vanishing_factor, '.1e')})")
         ax.set_title(f"gradient flow {title}")
         ax.set_xlabel("step t")
         ax.set_ylabel(r"$\|\partial L / \partial h_t\|$ (test batch mean)")
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=9)
     ax = axes[1, 0]
-    for m in results["models"]:
-        s, v = zip(*m["curve"])
-        verdict = "solved" if m["solved"] else "not solved"
-        ax.semilogy(s, v, color=colors[m["cell"]], marker=".",
-                    label=f"{m['cell']}: {m['test_mse']:.4f} ({verdict})")
-    base = results["baseline_mse"]
+    for m in results.models:
+        s, v = zip(*m.curve)
+        verdict = "solved" if m.solved else "not solved"
+        ax.semilogy(s, v, color=colors[m.cell], marker=".",
+                    label=f"{m.cell}: {m.test_mse:.4f} ({verdict})")
+    base = results.baseline_mse
     ax.axhline(base, color="gray", ls="--", label=f"predict the mean ({base:.3f})")
     ax.axhline(SOLVED_FRACTION * base, color="gray", ls=":",
                label=f"solved below {SOLVED_FRACTION:.0%} of it")
@@ -400,21 +483,20 @@ def plot(results, cfg, path):
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=9)
     ax = axes[1, 1]
-    c = results["clipping"]
-    for key, color, name in (("without_clip", "tab:red", "without clipping"),
-                             ("with_clip", "tab:blue", f"clip_grad_norm_({CLIP_NORM})")):
-        r = c[key]
-        n = r["nonfinite_steps"]
-        ax.semilogy(range(1, len(r["losses"]) + 1), r["losses"], color=color,
+    c = results.clipping
+    for r, color, name in ((c.without_clip, "tab:red", "without clipping"),
+                           (c.with_clip, "tab:blue", f"clip_grad_norm_({CLIP_NORM})")):
+        n, first = r.nonfinite_steps, r.first_nonfinite_step
+        ax.semilogy(range(1, len(r.losses) + 1), r.losses, color=color,
                     marker="." if n else None, label=f"{name}: {n} non-finite steps")
-        if r["first_nonfinite_step"] is not None:
-            ax.axvline(r["first_nonfinite_step"], color=color, ls=":", alpha=0.7)
+        if first is not None:
+            ax.axvline(first, color=color, ls=":", alpha=0.7)
             ax.annotate(f"{name}: loss or gradient non-finite\nfrom step "
-                        f"{r['first_nonfinite_step']} on ({n} of {len(r['losses'])} steps)",
-                        (r["first_nonfinite_step"], 0.62), xycoords=("data", "axes fraction"),
+                        f"{first} on ({n} of {len(r.losses)} steps)",
+                        (first, 0.62), xycoords=("data", "axes fraction"),
                         xytext=(8, 0), textcoords="offset points", color=color, fontsize=9,
                         bbox=dict(boxstyle="round", fc="white", ec=color, alpha=0.9))
-    ax.set_title(f"exploding gradients: ReLU RNN, W_hh = {c['gain']:.3f} I, SGD")
+    ax.set_title(f"exploding gradients: ReLU RNN, W_hh = {c.gain:.3f} I, SGD")
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss (MSE)")
     ax.grid(True, which="major", alpha=0.3)
@@ -456,6 +538,7 @@ def build_parser():
 
 
 def parse_config(argv=None):
+    """(the parsed arguments, their :class:`Config`); a bad argument exits with the usage."""
     parser = build_parser()
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "default"]
@@ -473,16 +556,14 @@ def parse_config(argv=None):
         parser.error(f"--device: {e}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available (use --device cpu)")
+    cfg = Config(seq_len=seq_len, steps=steps, seed=args.seed, device=device,
+                 backend=args.backend, mode="quick" if args.quick else "default")
     try:   # a clear message now rather than a traceback mid-run (triton on CPU, say)
-        resolved = resolve(args.backend, torch.zeros(0, device=device))
+        cfg.backend_label   # resolves the backend on the device
     except RuntimeError as e:
         parser.error(f"--backend {args.backend}: {e}")
     if args.plot and not args.plot.lower().endswith(".png"):
         parser.error(f"--plot writes a PNG; give a path ending in .png, got {args.plot!r}")
-    cfg = dict(seq_len=seq_len, steps=steps, seed=args.seed, device=device,
-               backend=args.backend if args.backend == resolved else f"{args.backend} ({resolved})",
-               explode_steps=min(300, max(20, steps // 10)),
-               mode="quick" if args.quick else "default")
     return args, cfg
 
 
@@ -503,18 +584,18 @@ def main(argv=None):
     if args.plot and not can_plot:
         print(no_plot, file=out)
     threads = torch.get_num_threads()
-    if cfg["device"].type == "cpu" and args.threads:
+    if cfg.device.type == "cpu" and args.threads:
         torch.set_num_threads(args.threads)
     try:
-        print(f"fastcells demo ({cfg['mode']}): the adding problem (Hochreiter & Schmidhuber 1997)",
+        print(f"fastcells demo ({cfg.mode}): the adding problem (Hochreiter & Schmidhuber 1997)",
               file=out)
-        print(f"  {cfg['seq_len']} (value, marker) pairs; the target is the sum of the two marked "
+        print(f"  {cfg.seq_len} (value, marker) pairs; the target is the sum of the two marked "
               "values;\n  predicting the mean scores MSE 1/6 = 0.167. RNN, LSTM and GRU: "
-              f"fastcells modules, hidden {HIDDEN_SIZE},\n  device {cfg['device']}, backend "
-              f"{cfg['backend']}, seed {cfg['seed']}. Solved: test MSE < "
+              f"fastcells modules, hidden {HIDDEN_SIZE},\n  device {cfg.device}, backend "
+              f"{cfg.backend_label}, seed {cfg.seed}. Solved: test MSE < "
               f"{SOLVED_FRACTION:.0%} of the baseline's.", file=out)
         out.flush()
-        with fastcells.use_backend(args.backend):
+        with fastcells.use_backend(cfg.backend):
             results = run(cfg)
     finally:
         torch.set_num_threads(threads)

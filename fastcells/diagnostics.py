@@ -33,7 +33,6 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional, reference
-from .modules import _Backend
 
 __all__ = ["GradientFlow", "hidden_grad_norms", "vanishing_factor"]
 
@@ -152,7 +151,8 @@ def hidden_grad_norms(module, input, loss_fn, hx=None, *, layer=-1, dtype=None):
                          f"{num_layers} layer(s)")
     layer %= num_layers
     dtype = dtype or input.dtype
-    backend = module.backend if isinstance(module, _Backend) else "native"
+    # fastcells modules carry a ``backend`` (None: the default); torch's run their own ops.
+    backend = getattr(module, "backend", "native")
     x = (input.transpose(0, 1) if batch_first else input).to(dtype)
     T, B = x.shape[0], x.shape[1]
     if T == 0:

@@ -3,18 +3,87 @@
 Only ``forward`` changes (plus an optional ``backend=``): parameters, ``state_dict``, ``repr``
 and hooks stay torch's.  Backend 'native' is exactly torch's own forward.
 """
+import copy
+
 import torch
+import torch.fx
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _dynamo_support, functional
 from .backend import _check_name, resolve
 
 
+# A module's own containers: a twin gets new ones holding the same objects, so registering a
+# parameter, buffer or submodule on one does not register it on the other.  Hook dicts stay
+# shared, so a handle taken before conversion still removes its hook.
+_STATE = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set",
+          "_flat_weights", "_flat_weights_names", "_all_weights")
+
+
+def twin(module, cls, backend=None):
+    """A ``cls`` instance with ``module``'s state: the very same Parameter, buffer and
+    submodule objects, flags and hooks.  A parametrized module's twin is parametrized the same
+    way (torch keeps a parametrized module's properties on a class made for that module)."""
+    if parametrize.is_parametrized(module):
+        ns = {k: v for k, v in vars(type(module)).items() if k not in ("__dict__", "__weakref__")}
+        cls = type(f"Parametrized{cls.__name__}", (cls,), ns)
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    for k in _STATE:
+        if k in new.__dict__:
+            new.__dict__[k] = copy.copy(module.__dict__[k])
+    if isinstance(new, _Backend):
+        new._init_backend(backend)
+    else:
+        new.__dict__.pop("backend", None)
+    return new
+
+
+def _mixed_dtypes(input, hx):
+    """A state whose dtype is not the input's: torch's own forward then decides (its error,
+    worded as on that device, or autocast's casts)."""
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    return any(isinstance(s, torch.Tensor) and s.dtype != input.dtype for s in states)
+
+
+def _proxies(input, hx):
+    states = hx if isinstance(hx, (tuple, list)) else (hx,)
+    return [v for v in (input, *states) if isinstance(v, torch.fx.Proxy)]
+
+
+def _fx_tracing(input, hx):
+    return isinstance(input, torch.fx.Proxy) or bool(_proxies(input, hx))
+
+
 class _Backend:
+    def _torch_class(self):
+        # torch's own class (a parametrized module's class is made in torch.nn.utils: skip it)
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("torch.nn.modules"))
+
     def _torch_name(self):
         # torch's class name, as torch spells it in its error messages
-        return next(c.__name__ for c in type(self).__mro__ if c.__module__.startswith("torch.nn"))
+        return self._torch_class().__name__
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script scripts torch's own module, sharing this module's Parameters:
+        fastcells' kernels are Python, not TorchScript."""
+        return twin(self, self._torch_class())
+
+    def _fx_leaf_call(self, input, hx):
+        """Under torch.fx.symbolic_trace: record this module as one call_module node (a leaf,
+        as torch.nn's own modules are), so the traced GraphModule calls it: fastcells' kernels."""
+        tracer = _proxies(input, hx)[0].tracer
+        path = tracer.path_of_module(self)
+        if path == "":  # the traced root itself: the GraphModule gets a twin to call
+            path = "fastcells_module"
+        return tracer.create_proxy("call_module", path, (input, hx), {})
+
+    @property
+    def fastcells_module(self):
+        # Read once by torch.fx's GraphModule when this module is the traced root.
+        return twin(self, type(self), self.backend)
 
     def __init__(self, *args, backend=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -32,9 +101,11 @@ class _RecurrentNet(_Backend):
     """forward() of the multi-layer modules, mirroring torch's argument handling."""
 
     def forward(self, input, hx=None):
+        if _fx_tracing(input, hx):
+            return self._fx_leaf_call(input, hx)
         data = input.data if isinstance(input, PackedSequence) else input
         be = resolve(self.backend, data)
-        if be == "native":
+        if be == "native" or _mixed_dtypes(data, hx):
             return super().forward(input, hx)
         self._update_flat_weights()
         lstm = self.mode == "LSTM"
@@ -69,6 +140,8 @@ class _RecurrentNet(_Backend):
         self.check_forward_args(input, hx, batch_sizes)
         if batch_sizes is not None:
             hx = self.permute_hidden(hx, sorted_indices)
+        if lstm and len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
         output, hidden = functional.rnn_on(
             be, self.mode.lower(), input, hx, self._flat_weights, self.num_layers, self.bias,
             self.dropout, self.training, self.bidirectional, self.batch_first, batch_sizes,
@@ -125,9 +198,9 @@ def _check_cell_args(input, hiddens, input_size, hidden_size):
 
 
 class _Cell(_Backend):
-    def _torch_decides(self, input):
+    def _torch_decides(self, input, hx):
         # Mixed dtypes: whatever torch does (its error, worded per device, or autocast's cast).
-        return input.dtype != self.weight_ih.dtype
+        return input.dtype != self.weight_ih.dtype or _mixed_dtypes(input, hx)
 
     def _prepare(self, input, hx, n_states):
         if input.dim() not in (1, 2):
@@ -149,6 +222,8 @@ class _Cell(_Backend):
             hx = (z, z) if n_states == 2 else z
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0)) if n_states == 2 else hx.unsqueeze(0)
+        if n_states == 2 and len(hx) != 2:  # ATen checks the count first (unbatched: torch
+            raise RuntimeError("lstm_cell expects two hidden states")  # kept the first two)
         hiddens = hx if n_states == 2 else (hx,)
         _check_cell_args(input, hiddens, self.input_size, self.hidden_size)
         return input, hx, is_batched
@@ -158,8 +233,10 @@ class LSTMCell(_Cell, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
+        if _fx_tracing(input, hx):
+            return self._fx_leaf_call(input, hx)
         be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input):
+        if be == "native" or self._torch_decides(input, hx):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 2)
         h, c = functional.cell_on(be, "lstm", input, hx[0], hx[1], self.weight_ih,
@@ -171,8 +248,10 @@ class GRUCell(_Cell, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
+        if _fx_tracing(input, hx):
+            return self._fx_leaf_call(input, hx)
         be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input):
+        if be == "native" or self._torch_decides(input, hx):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 1)
         h = functional.cell_on(be, "gru", input, hx, None, self.weight_ih, self.weight_hh,
@@ -184,8 +263,10 @@ class RNNCell(_Cell, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
 
     def forward(self, input, hx=None):
+        if _fx_tracing(input, hx):
+            return self._fx_leaf_call(input, hx)
         be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input):
+        if be == "native" or self._torch_decides(input, hx):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, 1)
         h = functional.cell_on(be, "rnn_" + self.nonlinearity, input, hx, None, self.weight_ih,

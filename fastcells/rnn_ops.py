@@ -70,6 +70,14 @@ def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
     return [next(got) if w else None for w in wanted]
 
 
+def _placed(full, ins):
+    """reference.layer's arguments (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) with the present
+    ones taken from ``ins`` in order."""
+    ins = iter(ins)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = [None if t is None else next(ins) for t in full]
+    return x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr
+
+
 # ------------------------------------------------------------------------------ vmap helpers
 def _fold(t, dim, n, batch_dim):
     """Fold the vmapped dimension ``dim`` of ``t`` (None: unbatched, expanded) into its batch
@@ -128,7 +136,19 @@ def _legacy_vmap(rule, args):
 
 
 # ------------------------------------------------------------------------- eager Functions
-class RNNLayer(torch.autograd.Function):
+class _Function(torch.autograd.Function):
+    """An autograd Function whose eager call skips what torch's ``apply`` does for functorch on
+    every call (binding the arguments to ``forward``'s signature: tens of microseconds); under a
+    torch.func transform it takes torch's own path, which calls the ``vmap`` rules."""
+
+    @classmethod
+    def apply(cls, *args):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.function._SingleLevelFunction, cls).apply(*args)
+
+
+class RNNLayer(_Function):
     """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m)."""
 
     @staticmethod
@@ -147,6 +167,13 @@ class RNNLayer(torch.autograd.Function):
     def backward(ctx, dy, dcs, _dsaved, _dm):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
         dcn = dcs[-1] if c0 is not None and dcs is not None and dcs.numel() else None
+        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+        if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+            # create_graph=True (gradient penalties, meta-learning): gradients that are
+            # themselves differentiable, to any order, from the reference math.
+            grads = _reference_grads(ctx.mode, ctx.batch_sizes, inputs, dy, dcn)
+            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+            return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
         args = (ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1, x, h0, c0, w_ih, w_hh,
                 b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
         if _legacy_batched(dy, dcn):
@@ -169,7 +196,7 @@ class RNNLayer(torch.autograd.Function):
         return outs, dims
 
 
-class RNNLayerBackward(torch.autograd.Function):
+class RNNLayerBackward(_Function):
     """The layer's gradients on the kernels: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr].
     ``groups`` > 1: the batch holds that many interleaved problems (a folded vmap), and each
     weight gradient gets a leading dimension of that size."""
@@ -189,22 +216,39 @@ class RNNLayerBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *ggrads):
+        """Second order under torch.func (plain autograd's create_graph=True takes the
+        reference path in RNNLayer.backward instead, which serves every order): the
+        first-order gradients as a function of the inputs, dy and dcn, written with
+        ``torch.func.vjp`` over the reference math, and their vjp against ``ggrads``."""
         if ctx.groups != 1:
             raise RuntimeError("fastcells: differentiating a vmapped layer's backward is not "
                                "supported (use the reference backend for that)")
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn = ctx.saved_tensors
-        inputs = [x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr]
-        create = torch.is_grad_enabled()
-        with torch.enable_grad():
-            first = _reference_grads(ctx.mode, ctx.batch_sizes, inputs, dy, dcn)
-            pairs = [(g, gg) for g, gg in zip(first, ggrads) if g is not None and gg is not None]
-            targets = [t for t in inputs + [dy, dcn] if t is not None and t.requires_grad]
-            got = (torch.autograd.grad([g for g, _ in pairs], targets, [gg for _, gg in pairs],
-                                       create_graph=create, allow_unused=True)
-                   if pairs and targets else [None] * len(targets))
-        got = iter(got)
-        res = [next(got) if t is not None and t.requires_grad else None
-               for t in inputs + [dy, dcn]]
+        saved = ctx.saved_tensors
+        present = [i for i, t in enumerate(saved) if t is not None]
+        n_in = sum(1 for i in present if i < 8)  # the layer's inputs; then dy (and dcn)
+
+        def first_order(*args):
+            full = [None] * 10
+            for i, a in zip(present, args):
+                full[i] = a
+            dy, dcn = full[8], full[9]
+
+            def layer(*ins):
+                x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _placed(full[:8], ins)
+                y, _, cn = reference.layer(ctx.mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                           batch_sizes=ctx.batch_sizes, w_hr=w_hr)
+                return (y, cn) if dcn is not None else (y,)
+            _, pullback = torch.func.vjp(layer, *args[:n_in])
+            return pullback((dy, dcn) if dcn is not None else (dy,))
+
+        args = [saved[i] for i in present]
+        firsts, pullback = torch.func.vjp(first_order, *args)
+        cot = [ggrads[i] if ggrads[i] is not None else torch.zeros_like(f)
+               for i, f in zip(present[:n_in], firsts)]
+        got = pullback(tuple(cot))
+        res = [None] * 10
+        for i, g in zip(present, got):
+            res[i] = g
         return (None, None, None, None, *res[:8], None, None, None, None, *res[8:])
 
     @staticmethod

@@ -44,6 +44,12 @@ class _Graphed:
         self.graph.replay()
 
 
+def cached_bytes(device=None):
+    """Bytes of static buffers the cached graphs keep (on ``device``, or on every device)."""
+    return sum(v.nbytes for g in _cache.values() for v in g.bufs.values()
+               if device is None or v.device == torch.device(device))
+
+
 def clear():
     """Drop every cached graph and its static buffers (their memory returns to torch's cache)."""
     _cache.clear()

@@ -150,7 +150,7 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
 
     key = None
     if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
-        key = ("fwd", path, mode, T, B, H, K, I, dt, dev, has_bias, tiles, _stream_key(dev))
+        key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")

@@ -148,3 +148,18 @@ def test_vmapped_layer_is_one_batched_launch_per_step(device, monkeypatch):
     with torch.no_grad():
         vmap(lambda x: fast(x)[0])(xs)
     assert len(calls) == T
+
+
+@pytest.mark.parametrize("case", ["cell-lstm", "layer-gru"])
+def test_hessian_through_func(case, device):
+    """jacrev(grad(f)): the kernels' backward differentiated once more under torch.func."""
+    (fast, ref), x, _ = _case(case, device)
+    name = "weight_hh_l0" if case.startswith("layer") else "weight_hh"
+
+    def hess(m):
+        params = _params(m)
+
+        def f(w):
+            return _loss_fn(m)({**params, name: w}, x)
+        return jacrev(grad(f))(params[name])
+    torch.testing.assert_close(hess(fast), hess(ref), **TOL)

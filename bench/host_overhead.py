@@ -1,0 +1,181 @@
+"""Host time per call: fastcells' own host path against torch.nn's whole call.
+
+A single cell step or a short layer is host-bound on a GPU: what the call costs in Python,
+dispatch and autograd is its speed.  This measures it for ``LSTMCell``/``GRUCell`` forward and
+forward+backward and for a one-layer LSTM (T=16) forward+backward.
+
+* **CPU** (no GPU; what CI can watch): the Triton launches are made no-ops under the interpreter,
+  so the figure is fastcells' Python and dispatch path alone.  The bar is torch.nn's whole CPU call
+  on the same tensors (its CPU kernels included, at tiny sizes where they cost little).
+* **CUDA**: host enqueue time (the call's wall time, not synchronised) and device time (CUDA
+  events) side by side, for both.
+
+Run: ``python bench/host_overhead.py`` (``--json PATH`` writes the rows), or
+``python bench/run.py --host``.  Figures are microseconds per call: the median of ``--repeats``
+batches of ``--number`` calls each (CPU: the minimum is printed too, the least disturbed run).
+"""
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+torch_empty = torch.empty  # the real one (tests poison torch.empty with NaN)
+CASES = ("lstm_cell fwd", "lstm_cell fwd+bwd", "gru_cell fwd", "gru_cell fwd+bwd",
+         "lstm T=16 fwd+bwd")
+TINY = dict(B=4, I=8, H=8, T=16)  # CPU: so that torch's own kernels cost little
+
+
+@contextlib.contextmanager
+def stubbed_launches():
+    """Every Triton kernel launch under the interpreter returns at once (outputs stay as
+    allocated): what remains of a call is fastcells' host path."""
+    from triton.runtime.interpreter import InterpretedFunction
+    original = InterpretedFunction.run
+    InterpretedFunction.run = lambda self, *a, **k: None
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = original
+
+
+def _modules(case, backend, device, dtype, shape):
+    import fastcells
+    from torch import nn
+    B, I, H, T = shape["B"], shape["I"], shape["H"], shape["T"]
+    kind, passes = case.split(" ", 1) if "T=" not in case else ("lstm", case.split(" ")[-1])
+    torch.manual_seed(0)
+    cls = {"lstm_cell": (nn.LSTMCell, fastcells.LSTMCell), "gru_cell": (nn.GRUCell, fastcells.GRUCell),
+           "lstm": (nn.LSTM, fastcells.LSTM)}[kind]
+    mod = (cls[0](I, H) if backend == "torch" else cls[1](I, H, backend=backend))
+    mod = mod.to(device=device, dtype=dtype)
+    x = torch.randn(T, B, I, device=device, dtype=dtype) if kind == "lstm" else torch.randn(
+        B, I, device=device, dtype=dtype)
+    if kind == "lstm_cell":
+        state = (torch.randn(B, H, device=device, dtype=dtype),
+                 torch.randn(B, H, device=device, dtype=dtype))
+    elif kind == "gru_cell":
+        state = torch.randn(B, H, device=device, dtype=dtype)
+    else:
+        state = None
+    backward = passes == "fwd+bwd"
+    if backward:
+        x.requires_grad_()
+
+    def call():
+        out = mod(x, state)
+        if backward:
+            first = out[0] if isinstance(out, tuple) else out
+            first.sum().backward()
+    return call
+
+
+def _time_host(call, number, repeats):
+    for _ in range(3):
+        call()
+    per = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            call()
+        per.append((time.perf_counter() - t0) / number * 1e6)
+    return statistics.median(per), min(per)
+
+
+def _time_cuda(call, number, repeats):
+    """(host enqueue us, device us) per call on CUDA."""
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    host, dev = [], []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        start.record()
+        for _ in range(number):
+            call()
+        end.record()
+        host.append((time.perf_counter() - t0) / number * 1e6)
+        end.synchronize()
+        dev.append(start.elapsed_time(end) / number * 1e3)
+    return statistics.median(host), statistics.median(dev)
+
+
+def measure(device=None, number=200, repeats=7, cases=CASES, dtype=torch.float32):
+    """Rows {case, device, fastcells_us, torch_us, ratio, ...} (see the module docstring)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rows = []
+    if device.type == "cpu":
+        # Stubbed kernels leave their outputs as allocated; denormal garbage would make the
+        # GEMMs after them crawl on the CPU and time that instead of the host path.
+        torch.set_flush_denormal(True)
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        from fastcells.backend import interpreter_enabled
+        if not interpreter_enabled():
+            raise RuntimeError("set TRITON_INTERPRET=1 before importing triton to measure on CPU")
+        for case in cases:
+            fast = _modules(case, "triton", device, dtype, TINY)
+            ref = _modules(case, "torch", device, dtype, TINY)
+            with stubbed_launches():
+                f_med, f_min = _time_host(fast, number, repeats)
+            t_med, t_min = _time_host(ref, number, repeats)
+            rows.append(dict(case=case, device="cpu", shape=TINY, what="host path, launches stubbed",
+                             fastcells_us=f_med, fastcells_min_us=f_min, torch_us=t_med,
+                             torch_min_us=t_min, ratio=f_min / t_min))
+        return rows
+    shape = dict(B=64, I=512, H=512, T=16)
+    for case in cases:
+        fast = _modules(case, "triton", device, dtype, shape)
+        ref = _modules(case, "torch", device, dtype, shape)
+        f_host, f_dev = _time_cuda(fast, number, repeats)
+        t_host, t_dev = _time_cuda(ref, number, repeats)
+        rows.append(dict(case=case, device=torch.cuda.get_device_name(device), shape=shape,
+                         what="host enqueue and device time", fastcells_us=f_host,
+                         fastcells_device_us=f_dev, torch_us=t_host, torch_device_us=t_dev,
+                         ratio=f_host / t_host))
+    return rows
+
+
+def render(rows):
+    lines = []
+    if rows and rows[0]["device"] == "cpu":
+        lines.append(f"CPU, {rows[0]['what']}, shape {rows[0]['shape']}, us per call "
+                     "(median / min of the repeats)")
+        lines.append(f"{'case':<20} {'fastcells':>17} {'torch.nn':>17} {'ratio (min)':>12}")
+        for r in rows:
+            lines.append(f"{r['case']:<20} {r['fastcells_us']:8.1f} / {r['fastcells_min_us']:6.1f} "
+                         f"{r['torch_us']:8.1f} / {r['torch_min_us']:6.1f} {r['ratio']:11.2f}x")
+    else:
+        lines.append(f"{rows[0]['device']}, shape {rows[0]['shape']}, us per call (median)")
+        lines.append(f"{'case':<20} {'fc host':>9} {'fc device':>10} {'nn host':>9} {'nn device':>10}")
+        for r in rows:
+            lines.append(f"{r['case']:<20} {r['fastcells_us']:9.1f} {r['fastcells_device_us']:10.1f} "
+                         f"{r['torch_us']:9.1f} {r['torch_device_us']:10.1f}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python bench/host_overhead.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None)
+    p.add_argument("--number", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--json", default=None, help="write the rows here")
+    args = p.parse_args(argv)
+    rows = measure(args.device, args.number, args.repeats)
+    print(render(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The hardware floor of every row: the larger of FLOPs / matmul rate and bytes / copy bandwidth.
+"""The hardware floor of every row: the largest of FLOPs / matmul rate, bytes / copy bandwidth and,
+for recurrences, the sequential bound (dependent steps x the measured cost of one).
 
 The rates are measured once per run on the device itself (not taken from a datasheet):
 
@@ -27,14 +28,23 @@ Clip-by-global-norm over N gradient elements: the norm reads every gradient once
 reads and writes it once: bytes = 3*N*s.  Its arithmetic (about 3 flops per element) is not
 matmul work, so its floor is bytes / bandwidth.
 
-What the floor leaves out: the recurrence is sequential (step t needs step t-1), so a layer at
-small batch is bound by T dependent steps of latency, not by FLOPs or bytes; its rows sit far
-above this floor, and the ratio says how far.  W_hh is counted once, although a kernel that
-cannot keep it on chip re-reads it every step.
+The sequential bound: a recurrence is sequential (step t needs step t-1), so a layer at small
+batch is bound by its dependent steps, not by FLOPs or bytes.  ``dependent_steps`` counts them
+(T per layer and pass: a stack's layers run one after another, the two directions of a
+bidirectional layer are independent; fwd+bwd = 2 passes; a cell 1 step; the clip 0), and
+``bench/step_cost.py`` measures the cheapest dependent step on the device (an empty resident
+loop: a store, a barrier and a load per step).  On CPU it is not measured: the bound is left out
+and the run's metadata says so (``hardware.step_us`` None).
+
+What the floor leaves out: W_hh is counted once, although a kernel that cannot keep it on chip
+re-reads it every step; a step's own matmul latency is not in the sequential bound.
 """
 import torch
 
+from . import step_cost
 from .timing import device_time
+
+CPU_STEP_NOTE = "not measured on CPU: the sequential bound is left out of the floor"
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -68,14 +78,23 @@ def model(case):
     return layer_model(case.op, case.T, case.B, case.I, case.H, case.layers, case.bidirectional)
 
 
+def dependent_steps(case, pass_):
+    """The dependent steps one ``pass_`` of ``case`` takes at the least (see the docstring)."""
+    if case.op == "clip":
+        return 0
+    per_pass = 1 if case.op.endswith("_cell") else case.T * case.layers
+    return 2 * per_pass if pass_ == "fwd+bwd" else per_pass
+
+
 def clip_model(numel):
     """{'clip': (None, elements moved)}: memory-bound, no matmul FLOPs."""
     return {"clip": (None, 3 * numel)}
 
 
-def measure(device, dtypes, *, copy_elems=None, matmul_n=None, rep_ms=100):
-    """Measure the copy bandwidth (bytes/s) and the matmul rate (FLOP/s) of each dtype in
-    ``dtypes`` (torch dtypes) on ``device``; random data, never zeros."""
+def measure(device, dtypes, *, copy_elems=None, matmul_n=None, rep_ms=100, step_n=1000):
+    """Measure the copy bandwidth (bytes/s), the matmul rate (FLOP/s) of each dtype in
+    ``dtypes`` (torch dtypes) and, on CUDA, the cost of one dependent step (``step_n`` steps
+    timed) on ``device``; random data, never zeros."""
     cuda = device.type == "cuda"
     if copy_elems is None:
         copy_elems = 2**28 if cuda else 2**24          # 1 GiB / 64 MiB of float32
@@ -96,24 +115,34 @@ def measure(device, dtypes, *, copy_elems=None, matmul_n=None, rep_ms=100):
         ms, _, _ = device_time(lambda: torch.matmul(a, b), device, rep_ms=rep_ms)
         rates[dtype] = 2 * matmul_n**3 / (ms * 1e-3)
         del a, b
-    return Hardware(copy_bytes_s, rates, copy_elems, matmul_n)
+    steps = step_cost.measure(device, steps=step_n, rep_ms=rep_ms)
+    return Hardware(copy_bytes_s, rates, copy_elems, matmul_n, steps)
 
 
 class Hardware:
     """The measured rates, and the floor they give a row."""
 
-    def __init__(self, copy_bytes_s, matmul_flop_s, copy_elems, matmul_n):
+    def __init__(self, copy_bytes_s, matmul_flop_s, copy_elems, matmul_n, steps=None):
         self.copy_bytes_s = copy_bytes_s
         self.matmul_flop_s = matmul_flop_s          # {torch dtype: FLOP/s}
         self.copy_elems = copy_elems
         self.matmul_n = matmul_n
+        self.steps = steps                          # step_cost.measure's dict, None on CPU
+        self.step_s = None if steps is None else steps["loop_s"]
 
-    def floor_ms(self, flops, nbytes, dtype):
-        """max(flops / matmul rate of ``dtype``, bytes / copy bandwidth), in ms."""
+    def sequential_ms(self, steps):
+        """``steps`` x the measured cost of one dependent step, in ms; None where unmeasured."""
+        if self.step_s is None or not steps:
+            return None
+        return steps * self.step_s * 1e3
+
+    def floor_ms(self, flops, nbytes, dtype, steps=0):
+        """max(flops / matmul rate of ``dtype``, bytes / copy bandwidth, the sequential bound
+        of ``steps`` dependent steps where measured), in ms."""
         t = nbytes / self.copy_bytes_s
         if flops:
             t = max(t, flops / self.matmul_flop_s[dtype])
-        return t * 1e3
+        return max(t * 1e3, self.sequential_ms(steps) or 0.0)
 
     def as_dict(self, dtype_name):
         return dict(
@@ -121,4 +150,8 @@ class Hardware:
             copy_bytes=2 * self.copy_elems * 4,
             matmul_n=self.matmul_n,
             matmul_tflop_s={dtype_name(d): r / 1e12 for d, r in self.matmul_flop_s.items()},
+            step_us=None if self.steps is None else self.steps["loop_s"] * 1e6,
+            launch_step_us=None if self.steps is None else self.steps["launch_s"] * 1e6,
+            step_note=CPU_STEP_NOTE if self.steps is None else
+            f"one dependent step: an empty resident loop, {self.steps['steps']} steps timed",
         )

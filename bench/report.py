@@ -193,6 +193,12 @@ def markdown(meta, rows):
         rates = ", ".join(f"{k} {v:.3g}" for k, v in hw.get("matmul_tflop_s", {}).items())
         out.append(f"Measured floors: copy {hw.get('copy_gb_s', 0):.3g} GB/s; matmul TFLOP/s "
                    f"{rates} (fp32 TF32: {meta.get('tf32_matmul')}).")
+        if hw.get("step_us") is not None:
+            out.append(f"Sequential bound: {hw['step_us']:.3g} us per dependent step "
+                       f"({hw.get('step_note')}; a launch in a graphed chain: "
+                       f"{hw.get('launch_step_us', 0):.3g} us).")
+        elif "step_note" in hw:
+            out.append(f"Sequential bound: {hw['step_note']}.")
     out.append("")
     for note in meta.get("notes") or []:
         out += [f"> {note}", ""]

@@ -45,11 +45,11 @@ SETTINGS = {
     "quick": dict(rep_ms=100, warmup_ms=25, host_rep_ms=300, min_reps=5),
     "smoke": dict(rep_ms=1, warmup_ms=1, host_rep_ms=1, min_reps=2),
 }
-SMOKE_FLOORS = dict(copy_elems=2**16, matmul_n=64, rep_ms=1)
+SMOKE_FLOORS = dict(copy_elems=2**16, matmul_n=64, rep_ms=1, step_n=100)
 # Row fields, in order: the schema first, then what the report and plots use.
 SCHEMA = ("op", "impl", "pass", "dtype", "shape", "ms", "ms_p20", "ms_p80", "floor_ms",
           "peak_mem_mb", "device", "torch", "triton", "commit", "date")
-EXTRA = ("case", "floor_ratio", "flops", "bytes", "tflop_s", "gb_s", "host_ms", "host_ms_p20",
+EXTRA = ("case", "floor_ratio", "seq_floor_ms", "flops", "bytes", "tflop_s", "gb_s", "host_ms", "host_ms_p20",
          "host_ms_p80", "first_call_ms", "timer", "error")
 
 
@@ -61,12 +61,14 @@ def _row(case, impl, pass_, dtype, env, hw, timer, *, ms=None, host=None, first=
          error=None):
     flops, elems = floors.model(case)[pass_]
     nbytes = elems * torch.finfo(dtype).bits // 8
-    floor = hw.floor_ms(flops, nbytes, dtype)
+    steps = floors.dependent_steps(case, pass_)
+    floor = hw.floor_ms(flops, nbytes, dtype, steps)
     med, p20, p80 = ms if ms else (None, None, None)
     hmed, hp20, hp80 = host if host else (None, None, None)
     row = dict(op=case.op, impl=impl, dtype=cases.dtype_name(dtype), shape=case.shape(),
                ms=med, ms_p20=p20, ms_p80=p80, floor_ms=floor, peak_mem_mb=peak, **env,
                case=case.name, floor_ratio=med / floor if med and floor else None,
+               seq_floor_ms=hw.sequential_ms(steps),
                flops=flops, bytes=nbytes,
                tflop_s=flops / med / 1e9 if med and flops else None,
                gb_s=nbytes / med / 1e6 if med else None,
@@ -132,6 +134,8 @@ def run(jobs, device, *, mode="quick", budget_s=None, allow_interpreter=False, l
     log(f"floors: copy {hwd['copy_gb_s']:.1f} GB/s; matmul " + ", ".join(
         f"{k} {v:.2f} TFLOP/s" for k, v in hwd["matmul_tflop_s"].items())
         + f" (fp32 TF32: {extra['tf32_matmul']})")
+    log("sequential bound: " + (hwd["step_note"] if hwd["step_us"] is None else
+                                f"{hwd['step_us']:.3g} us a dependent step"))
     notes = []
     if device.type != "cuda":
         notes.append(CPU_NOTICE)

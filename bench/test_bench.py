@@ -52,6 +52,7 @@ def test_bench(benchmark, hardware, case, dtype, impl, pass_):
     flops, elems = floors.model(case)[pass_]
     benchmark.extra_info.update(
         op=case.op, case=case.name, impl=impl, dtype=dtype, shape=case.shape(),
-        floor_ms=hardware.floor_ms(flops, elems * torch.finfo(dt).bits // 8, dt),
+        floor_ms=hardware.floor_ms(flops, elems * torch.finfo(dt).bits // 8, dt,
+                                  floors.dependent_steps(case, pass_)),
         device=str(DEVICE))
     benchmark(call)

@@ -51,19 +51,27 @@ def add_rows_times_w(acc, a_ptr, w_ptr, rows, cols, mr, mc, N, H,
 
 
 @triton.jit
+def add_rows_times_wt(acc, a_ptr, w_ptr, rows, cols, mr, mc, K,
+                      UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc += A[rows, :K] @ W[cols, :K]^T with A (., K) and W (., K) row-major (``w_ptr`` at the
+    gate's first row): the forward recurrence h_{t-1} W_hh^T for one gate of this tile."""
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < K
+        a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        w = tl.load(w_ptr + cols[None, :] * K + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
+        acc = dot_acc(acc, a, w, UPCAST, PRECISION)
+    return acc
+
+
+@triton.jit
 def x_times_wt(x_ptr, w_ptr, rows, cols, mr, mc, N, ACC: tl.constexpr, UPCAST: tl.constexpr,
                PRECISION: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                BLOCK_K: tl.constexpr):
     """X[rows, :N] @ W[cols, :N]^T with X (., N) and W (., N) row-major, in ACC: one gate block
     of a single step's input projection (a cell fuses it instead of hoisting it)."""
-    acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    for k0 in range(0, N, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        mk = ks < N
-        a = tl.load(x_ptr + rows[:, None] * N + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[None, :] * N + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-        acc = dot_acc(acc, a, w, UPCAST, PRECISION)
-    return acc
+    return add_rows_times_wt(tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC), x_ptr, w_ptr, rows, cols,
+                             mr, mc, N, UPCAST, PRECISION, BLOCK_K)
 
 
 @triton.jit
@@ -93,7 +101,7 @@ def prev_state(t, first_ptr, seq_ptr, rows, cols, B, stride, mask_r, mask_c, ACC
     if t == 0:
         v = load_tile(first_ptr, rows, cols, stride, mask_r, mask_c, ACC)
     else:
-        v = load_tile(seq_ptr + (t.to(tl.int64) - 1) * B * stride, rows, cols, stride,
+        v = load_tile(seq_ptr + (tl.cast(t, tl.int64) - 1) * B * stride, rows, cols, stride,
                       mask_r, mask_c, ACC)
     return v
 
@@ -104,7 +112,7 @@ def prev_ptr(t, first_ptr, seq_ptr, B, stride):
     if t == 0:
         p = first_ptr
     else:
-        p = seq_ptr + (t.to(tl.int64) - 1) * B * stride
+        p = seq_ptr + (tl.cast(t, tl.int64) - 1) * B * stride
     return p
 
 

@@ -14,6 +14,46 @@ from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile
                      prev_state, sigmoid, store_tile, tanh, tile_index)
 
 
+@triton.jit
+def gru_cell(acc_r, acc_z, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, cols, mc, H,
+             HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """One GRU update from the pre-activations without bias (r and z summed over both sides,
+    x_n = x W_in^T, h_n = h W_hn^T) and h_{t-1} = ``hp``: (r, z, n, hn with b_hn, h_t).  Shared
+    by the step and resident kernels."""
+    if HAS_BIAS:
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        acc_r += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
+        acc_z += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
+        x_n += bi
+        h_n += bh
+    r = sigmoid(acc_r)
+    z = sigmoid(acc_z)
+    n = tanh(x_n + r * h_n)
+    return r, z, n, h_n, (1.0 - z) * n + z * hp
+
+
+@triton.jit
+def gru_cell_grad(dh, r, z, n, h_n, hp, n_ptr, t, rows, HAS_LENGTHS: tl.constexpr):
+    """The gradients of one GRU update from dL/dh_t (recurrence included): (d_r, d_z, d_npre,
+    d_hn, carry), carry = dL/dh_{t-1} through z; rows whose sequence has ended at t
+    (HAS_LENGTHS) get zero gate gradients and pass dh on in ``carry``."""
+    d_npre = dh * (1.0 - z) * (1.0 - n * n)
+    d_hn = d_npre * r
+    d_r = d_npre * h_n * r * (1.0 - r)
+    d_z = dh * (hp - n) * z * (1.0 - z)
+    carry = dh * z
+    if HAS_LENGTHS:
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        d_npre = tl.where(active, d_npre, 0.0)
+        d_hn = tl.where(active, d_hn, 0.0)
+        d_r = tl.where(active, d_r, 0.0)
+        d_z = tl.where(active, d_z, 0.0)
+        carry = tl.where(active, carry, dh)
+    return d_r, d_z, d_npre, d_hn, carry
+
+
 @triton.jit(do_not_specialize=["t"])
 def _gru_fwd_step_kernel(
     xp_ptr,    # (T, B, 3H) x_t W_ih^T, gate order r, z, n (unless FUSE_X)
@@ -59,19 +99,9 @@ def _gru_fwd_step_kernel(
         acc_r = dot_acc(acc_r, hk, w_r, UPCAST, PRECISION)
         acc_z = dot_acc(acc_z, hk, w_z, UPCAST, PRECISION)
         h_n = dot_acc(h_n, hk, w_n, UPCAST, PRECISION)
-    if HAS_BIAS:
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
-        acc_r += bi + bh
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
-        acc_z += bi + bh
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
-        x_n += bi
-        h_n += bh
-    r = sigmoid(acc_r)
-    z = sigmoid(acc_z)
-    n = tanh(x_n + r * h_n)
     hp = load_tile(h_prev, rows, cols, H, mr, mc, ACC)
-    h = (1.0 - z) * n + z * hp
+    r, z, n, h_n, h = gru_cell(acc_r, acc_z, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, cols, mc, H,
+                               HAS_BIAS, ACC)
     if HAS_LENGTHS:
         h = tl.where((rows < tl.load(n_ptr + t))[:, None], h, hp)
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
@@ -116,18 +146,8 @@ def _gru_bwd_step_kernel(
     n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
     h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
     hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
-    d_npre = dh * (1.0 - z) * (1.0 - n * n)
-    d_hn = d_npre * r
-    d_r = d_npre * h_n * r * (1.0 - r)
-    d_z = dh * (hp - n) * z * (1.0 - z)
-    carry = dh * z
-    if HAS_LENGTHS:
-        active = (rows < tl.load(n_ptr + t))[:, None]
-        d_npre = tl.where(active, d_npre, 0.0)
-        d_hn = tl.where(active, d_hn, 0.0)
-        d_r = tl.where(active, d_r, 0.0)
-        d_z = tl.where(active, d_z, 0.0)
-        carry = tl.where(active, carry, dh)
+    d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, n_ptr, t, rows,
+                                                  HAS_LENGTHS)
     dgx_t = dgx_ptr + t64 * B * G
     dgh_t = dgh_ptr + t64 * B * G
     store_tile(dgx_t, d_r, rows, cols, G, mr, mc)

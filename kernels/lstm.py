@@ -16,6 +16,52 @@ from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile
                      prev_state, sigmoid, store_tile, tanh, tile_index)
 
 
+@triton.jit
+def lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev, b_ih_ptr, b_hh_ptr, cols, mc, H,
+              HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """One LSTM update from the gate pre-activations without bias (gate blocks i, f, g, o of the
+    hidden columns ``cols``): (i, f, g, o, c_t, h_t).  Shared by the step and resident kernels."""
+    if HAS_BIAS:
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        acc_i += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
+        acc_f += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
+        acc_g += bi + bh
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 3 * H, mc, ACC)
+        acc_o += bi + bh
+    i = sigmoid(acc_i)
+    f = sigmoid(acc_f)
+    g = tanh(acc_g)
+    o = sigmoid(acc_o)
+    c = f * c_prev + i * g
+    return i, f, g, o, c, o * tanh(c)
+
+
+@triton.jit
+def lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, n_ptr, t, rows, HAS_LENGTHS: tl.constexpr):
+    """The gradients of one LSTM update from dL/dh_t (recurrence included) and dL/dc_t:
+    (d_i, d_f, d_g, d_o pre-activation gradients, dL/dc_{t-1}, carry).  Rows whose sequence has
+    ended at t (HAS_LENGTHS) get zero gate gradients and pass dh on in ``carry`` and dc_t on."""
+    tc = tanh(c)
+    dc = dc_in + dh * o * (1.0 - tc * tc)
+    d_i = dc * g * i * (1.0 - i)
+    d_f = dc * c_prev * f * (1.0 - f)
+    d_g = dc * i * (1.0 - g * g)
+    d_o = dh * tc * o * (1.0 - o)
+    dc_prev = dc * f
+    carry = tl.zeros_like(dh)
+    if HAS_LENGTHS:
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        d_i = tl.where(active, d_i, 0.0)
+        d_f = tl.where(active, d_f, 0.0)
+        d_g = tl.where(active, d_g, 0.0)
+        d_o = tl.where(active, d_o, 0.0)
+        dc_prev = tl.where(active, dc_prev, dc_in)
+        carry = tl.where(active, carry, dh)
+    return d_i, d_f, d_g, d_o, dc_prev, carry
+
+
 @triton.jit(do_not_specialize=["t"])
 def _lstm_fwd_step_kernel(
     xp_ptr,    # (T, B, 4H) x_t W_ih^T, gate order i, f, g, o (unless FUSE_X)
@@ -64,22 +110,9 @@ def _lstm_fwd_step_kernel(
         acc_f = dot_acc(acc_f, hk, w_f, UPCAST, PRECISION)
         acc_g = dot_acc(acc_g, hk, w_g, UPCAST, PRECISION)
         acc_o = dot_acc(acc_o, hk, w_o, UPCAST, PRECISION)
-    if HAS_BIAS:
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
-        acc_i += bi + bh
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + H, mc, ACC)
-        acc_f += bi + bh
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 2 * H, mc, ACC)
-        acc_g += bi + bh
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols + 3 * H, mc, ACC)
-        acc_o += bi + bh
-    i = sigmoid(acc_i)
-    f = sigmoid(acc_f)
-    g = tanh(acc_g)
-    o = sigmoid(acc_o)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
-    c = f * c_prev + i * g
-    h = o * tanh(c)
+    i, f, g, o, c, h = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev, b_ih_ptr, b_hh_ptr, cols, mc,
+                                 H, HAS_BIAS, ACC)
     if HAS_LENGTHS:
         # Finished sequences keep their state, so slot T-1 holds each one's own final state.
         active = (rows < tl.load(n_ptr + t))[:, None]
@@ -139,22 +172,8 @@ def _lstm_bwd_step_kernel(
     o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
     c = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
-    tc = tanh(c)
-    dc = dc_in + dh * o * (1.0 - tc * tc)
-    d_i = dc * g * i * (1.0 - i)
-    d_f = dc * c_prev * f * (1.0 - f)
-    d_g = dc * i * (1.0 - g * g)
-    d_o = dh * tc * o * (1.0 - o)
-    dc_prev = dc * f
-    carry = tl.zeros_like(dh)
-    if HAS_LENGTHS:
-        active = (rows < tl.load(n_ptr + t))[:, None]
-        d_i = tl.where(active, d_i, 0.0)
-        d_f = tl.where(active, d_f, 0.0)
-        d_g = tl.where(active, d_g, 0.0)
-        d_o = tl.where(active, d_o, 0.0)
-        dc_prev = tl.where(active, dc_prev, dc_in)
-        carry = tl.where(active, carry, dh)
+    d_i, d_f, d_g, d_o, dc_prev, carry = lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, n_ptr, t,
+                                                        rows, HAS_LENGTHS)
     dg_t = dgx_ptr + t64 * B * G
     store_tile(dg_t, d_i, rows, cols, G, mr, mc)
     store_tile(dg_t, d_f, rows, cols + H, G, mr, mc)

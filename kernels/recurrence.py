@@ -15,8 +15,10 @@ import triton
 
 from . import cuda_graph
 from .common import acc_dtype, check_dtype, dot_flags, step_tiles, tl_dtype
+from .dispatch import choose_recurrence
 from .gru import _gru_bwd_step_kernel, _gru_fwd_step_kernel
 from .lstm import _lstm_bwd_step_kernel, _lstm_fwd_step_kernel
+from .resident import resident_backward, resident_forward, resident_tiles
 from .rnn import _rnn_bwd_step_kernel, _rnn_fwd_step_kernel
 
 
@@ -116,8 +118,14 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
         outputs["m"] = ((T, B, H), dt, dev)
         inputs["w_hr_t"] = w_hr.t()
     grid, meta, tiles = _launch_config(B, H, K, dt)
+    path = choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
+    if path == "resident":   # its tiles, in the graph key
+        tiles = resident_tiles(H, dt)
 
     def steps(b):
+        if path == "resident":   # the whole time loop in one launch (kernels/resident.py)
+            resident_forward(mode, b, T, B, H, K, rows_dev, has_bias)
+            return
         y = b["y"]
         if B == 0:
             return
@@ -142,7 +150,7 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
 
     key = None
     if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
-        key = ("fwd", mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
+        key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
@@ -186,8 +194,14 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
         outputs["dm"] = ((T, B, H), acc, dev)
     grid, meta, tiles = _launch_config(B, H, max(K, GH), dt)
     has_dcn = "dcn" in inputs
+    path = choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
+    if path == "resident":
+        tiles = resident_tiles(H, dt)
 
     def steps(b):
+        if path == "resident":
+            resident_backward(mode, b, T, B, H, K, rows_dev)
+            return
         carry, dc, dgx = b["carry"], b.get("dc"), b["dgx"]
         dgh = b.get("dgh", dgx)
         if B == 0 or H == 0:
@@ -214,7 +228,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
 
     key = None
     if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
-        key = ("bwd", mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
+        key = ("bwd", path, mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
     b = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     dgx = keep(b["dgx"])

@@ -7,6 +7,36 @@ from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile
                      store_tile, tanh, tile_index)
 
 
+@triton.jit
+def rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+             ACC: tl.constexpr):
+    """h_t from the pre-activation without bias.  Shared by the step and resident kernels."""
+    if HAS_BIAS:
+        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
+        acc += bi + bh
+    if RELU:
+        h = tl.maximum(acc, 0.0)
+    else:
+        h = tanh(acc)
+    return h
+
+
+@triton.jit
+def rnn_cell_grad(dh, h, n_ptr, t, rows, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+    """(dL/d pre-activation, carry) from dL/dh_t (recurrence included) and h_t; rows whose
+    sequence has ended at t (HAS_LENGTHS) pass dh on in ``carry``."""
+    if RELU:
+        d = tl.where(h > 0.0, dh, 0.0)
+    else:
+        d = dh * (1.0 - h * h)
+    carry = tl.zeros_like(dh)
+    if HAS_LENGTHS:
+        active = (rows < tl.load(n_ptr + t))[:, None]
+        d = tl.where(active, d, 0.0)
+        carry = tl.where(active, carry, dh)
+    return d, carry
+
+
 @triton.jit(do_not_specialize=["t"])
 def _rnn_fwd_step_kernel(
     xp_ptr,    # (T, B, H) x_t W_ih^T (unless FUSE_X)
@@ -40,13 +70,7 @@ def _rnn_fwd_step_kernel(
         hk = tl.load(h_prev + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
         w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
         acc = dot_acc(acc, hk, w, UPCAST, PRECISION)
-    if HAS_BIAS:
-        bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
-        acc += bi + bh
-    if RELU:
-        h = tl.maximum(acc, 0.0)
-    else:
-        h = tanh(acc)
+    h = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
     if HAS_LENGTHS:
         h = tl.where((rows < tl.load(n_ptr + t))[:, None], h, load_tile(h_prev, rows, cols, H, mr, mc, ACC))
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
@@ -81,14 +105,6 @@ def _rnn_bwd_step_kernel(
         dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * H, w_ptr, rows, cols, mr, mc,
                               H, H, UPCAST, PRECISION, BLOCK_K)
     h = load_tile(y_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if RELU:
-        d = tl.where(h > 0.0, dh, 0.0)
-    else:
-        d = dh * (1.0 - h * h)
-    carry = tl.zeros_like(dh)
-    if HAS_LENGTHS:
-        active = (rows < tl.load(n_ptr + t))[:, None]
-        d = tl.where(active, d, 0.0)
-        carry = tl.where(active, carry, dh)
+    d, carry = rnn_cell_grad(dh, h, n_ptr, t, rows, RELU, HAS_LENGTHS)
     store_tile(dgx_ptr + t64 * B * H, d, rows, cols, H, mr, mc)
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

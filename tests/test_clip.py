@@ -11,7 +11,8 @@ import torch
 from tolerances import TOL
 
 import fastcells
-from fastcells.kernels import clip as kclip
+from fastcells.kernels import clip_plan as kclip
+from fastcells.kernels import clip_launch as klaunch
 
 f64, f32, f16, bf16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 INF = math.inf
@@ -323,6 +324,7 @@ def test_backend_choice(backend, monkeypatch, device):
     """use_backend picks the implementation: triton builds the kernels' tables, native calls
     torch's own function, reference neither; auto is triton on CUDA, native otherwise."""
     calls = []
+    kclip.clear_cache()                  # a cached plan would skip the (patched) builder
     plan, native = kclip.plan, torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(kclip, "plan", lambda *a, **k: calls.append("triton") or plan(*a, **k))
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
@@ -382,10 +384,10 @@ def test_multi_chunk_reduction(dtype, norm_type, device):
     grads = grads_of(make_params(specs, device))
     plan = kclip.plan(grads, chunk=48, block=16)
     assert plan.groups[0].n_chunks > len(grads) + 4
-    total, coef = kclip.multi_tensor_norm(plan, norm_type, 0.25)
+    total, coef = klaunch.multi_tensor_norm(plan, norm_type, 0.25)
     assert_same_tensor(total, torch.nn.utils.get_total_norm(grads, norm_type))
     before = [g.clone() for g in grads]
-    kclip.multi_tensor_scale_(plan, coef)
+    klaunch.multi_tensor_scale_(plan, coef)
     for g, b in zip(grads, before):
         torch.testing.assert_close(g, (b.to(coef.dtype) * coef).to(dtype), **TOL[dtype])
 
@@ -410,13 +412,13 @@ def test_random_layouts(dtype, device):
     grads.append(torch.randn(3, 1, generator=gen).to(device, dtype).expand(3, 4))  # overlapping
     plan = kclip.plan(grads, chunk=32, block=16)
     for p in (2.0, INF, -1.5):
-        total, _ = kclip.multi_tensor_norm(plan, p)
+        total, _ = klaunch.multi_tensor_norm(plan, p)
         assert_same_tensor(total, torch.nn.utils.get_total_norm(grads, p))
     grads = grads[:-1]                                   # scaling needs distinct elements
     plan = kclip.plan(grads, chunk=32, block=16)
     before = [g.clone() for g in grads]
     coef = torch.tensor(0.37, dtype=dtype, device=device)
-    kclip.multi_tensor_scale_(plan, coef)
+    klaunch.multi_tensor_scale_(plan, coef)
     for g, b in zip(grads, before):
         torch.testing.assert_close(g, b * coef, rtol=0, atol=0)
 
@@ -534,13 +536,13 @@ def test_no_host_sync_guard_catches_readbacks(monkeypatch, device):
     with pytest.raises(_sync_error(device)):
         with no_host_sync(monkeypatch, device):
             fastcells.clip_grad_norm_(params, 0.5, error_if_nonfinite=True, backend="triton")
-    scale = kclip.multi_tensor_scale_
+    scale = klaunch.multi_tensor_scale_
 
     def planted(plan, coef):
         if coef.item() < 1.0:
             scale(plan, coef)
 
-    monkeypatch.setattr(kclip, "multi_tensor_scale_", planted)
+    monkeypatch.setattr(klaunch, "multi_tensor_scale_", planted)
     with pytest.raises(_sync_error(device)):
         with no_host_sync(monkeypatch, device):
             fastcells.clip_grad_norm_(params, 0.5, backend="triton")

@@ -4,7 +4,10 @@
 Being custom ops with fake (meta) implementations, they are opaque to torch.compile: Dynamo
 records one node per op instead of tracing the pointer-table cache (``data_ptr()``, dict
 lookups) and the Triton launches, so the clip functions run under
-``torch.compile(fullgraph=True)`` with no graph break.  Eager calls go through the same ops.
+``torch.compile(fullgraph=True)`` with no graph break.  Eager calls go through the same ops,
+except one whose tables are already cached: :mod:`fastcells.clip` then calls the ops' bodies
+(:func:`total_norm`, :func:`clip_by_norm_`, :func:`scale_by_norm_`) directly and bumps the
+version counters itself, sparing the dispatcher's per-tensor cost.
 
 ``fastcells::clip_total_norm(Tensor[] tensors, float norm_type, bool error_if_nonfinite) -> Tensor``
     pass 1: the total norm (0-d, the tensors' promoted dtype, on the first tensor's device).

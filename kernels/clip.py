@@ -13,6 +13,8 @@ rounded to the tensor's dtype as torch's per-tensor norms are; ``_clip_norm_tota
 takes the norm of those norms in the promoted dtype, as torch does, and the clip coefficient
 ``clamp(max_norm / (total + 1e-6), max=1)`` with torch's roundings, both left on the device.
 Pass 2, ``_clip_scale_kernel`` (one per dtype), scales every element in place by that coefficient.
+For sharded tensors the per-tensor kernel stops before the root (``ROOT=False``): the sums are
+reduced across ranks, then ``_clip_norm_root_kernel`` (one per dtype) takes the roots.
 
 A chunk of a ``CONTIG`` segment (one dense run of stride 1 whose first element is 16-byte
 aligned) is read as unmasked, aligned full blocks with 32-bit offsets, which the compiler turns

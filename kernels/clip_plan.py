@@ -19,9 +19,9 @@ Every tensor of one (device, dtype) group is described by a device-side int64 ta
 Every offset is int64 (tensors past 2**31 elements).
 
 The cache (:func:`plan`, :func:`cached`) is keyed on what the kernels touch and nothing else:
-each tensor's address, sizes, strides, dtype, device and Python type, read with one C-level
-``map`` per field, so a call on the same gradients costs a few hundred nanoseconds per tensor
-of host time.  A gradient replaced, resized, restrided, moved or set to None gives another key,
+each tensor's address, dtype, device, Python type and numel (and its sizes and strides when
+some tensor is not contiguous), read with one C-level ``map`` per field, so a call on the same
+gradients costs a few hundred nanoseconds per tensor of host time.  A gradient replaced, resized, restrided, moved or set to None gives another key,
 hence other tables; a new ``.grad`` object at the same place with the same layout reuses them.
 """
 import itertools

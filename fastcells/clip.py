@@ -196,17 +196,17 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, bac
         name = _name(backend)
         if not grads:
             return None
-        plain_total = (type(total_norm) is torch.Tensor and total_norm.dim() == 0
-                       and total_norm.dtype in _plan.SUPPORTED_DTYPES)
+        usual_total = (isinstance(total_norm, torch.Tensor) and total_norm.dim() == 0
+                       and total_norm.dtype in _plan.SUPPORTED_DTYPES)     # a DTensor too
+        plain_total = usual_total and type(total_norm) is torch.Tensor
         plan = _cached_plan(name, grads) if plain_total else None
         if plan is not None:
             _check_foreach(foreach, _devices(plan, grads))
             _ops.scale_by_norm_(plan, total_norm.to(grads[0].device), max_norm)
             torch.autograd.graph.increment_version(grads)     # as the op does
             return None
-        view = _sharded(name, grads)
-        if view is not None and isinstance(total_norm, torch.Tensor) and total_norm.dim() == 0 \
-                and total_norm.dtype in _plan.SUPPORTED_DTYPES:
+        view = _sharded(name, grads) if usual_total else None
+        if view is not None:
             _check_foreach(foreach, view.locals)
             _dt.clip_grads_with_norm_(view, max_norm, total_norm)
             return None

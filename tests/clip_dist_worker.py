@@ -15,11 +15,9 @@ import tempfile
 import time
 import traceback
 
-os.environ.setdefault("TRITON_INTERPRET", "1")     # before triton is imported
-
-import torch                                        # noqa: E402
-import torch.distributed as dist                    # noqa: E402
-import torch.multiprocessing as mp                  # noqa: E402
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 WORLD = 2
 NORMS = (2.0, 1.0, 0.0, math.inf, -math.inf, 3.0, -1.5)
@@ -199,6 +197,7 @@ def run(rank, store_path, out_path):
 
 def main(out_path):
     """Rank 0 in this process, rank 1 in a spawned one (one interpreter start fewer)."""
+    os.environ["TRITON_INTERPRET"] = "1"     # CPU tensors; before fastcells (and triton) load
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
         child = mp.get_context("spawn").Process(target=run, args=(1, store, out_path))

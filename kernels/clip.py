@@ -201,11 +201,8 @@ def _chunk(seg_ptr, chunk_ptr, pid, CHUNK: tl.constexpr):
 
 @triton.jit
 def _contig_base(seg, start, DTYPE: tl.constexpr):
-    """Pointer to element ``start`` of a CONTIG segment, with its alignment told to the
-    compiler (the host guarantees it: the segment starts ALIGN-aligned and ``start`` is a
-    multiple of CHUNK, itself a multiple of ALIGN elements)."""
-    addr = tl.load(seg + _ADDR) + start * (DTYPE.primitive_bitwidth // 8)
-    return tl.multiple_of(addr, _ALIGN).to(tl.pointer_type(DTYPE))
+    """Pointer to element ``start`` of a CONTIG segment."""
+    return tl.load(seg + _ADDR).to(tl.pointer_type(DTYPE)) + start
 
 
 @triton.jit
@@ -239,9 +236,14 @@ def _contig_full_blocks(n, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _block_offsets(i, BLOCK: tl.constexpr):
-    """32-bit offsets of the full block at ``i`` (a multiple of BLOCK) of a CONTIG chunk."""
-    return tl.max_contiguous(tl.multiple_of(i + tl.arange(0, BLOCK), BLOCK), BLOCK)
+def _block_ptrs(base, i, BLOCK: tl.constexpr):
+    """Pointers to the full block at ``i`` (a multiple of BLOCK) of a CONTIG chunk at ``base``,
+    with their contiguity and alignment told to the compiler (so it emits 16-byte vector
+    accesses; a pointer read from a table carries no alignment of its own).  The host
+    guarantees it: a CONTIG segment starts ALIGN-aligned, a chunk starts a multiple of CHUNK
+    elements in, and CHUNK and BLOCK elements are multiples of ALIGN bytes."""
+    ptrs = base + i + tl.arange(0, BLOCK)
+    return tl.max_contiguous(tl.multiple_of(ptrs, _ALIGN), BLOCK)
 
 
 # ----------------------------------------------------------------------------------- kernels
@@ -265,7 +267,7 @@ def _clip_norm_partial_kernel(
         full = _contig_full_blocks(n, BLOCK)
         every = lanes < BLOCK
         for i in range(0, full, BLOCK):
-            x = tl.load(base + _block_offsets(i, BLOCK)).to(ACC)
+            x = tl.load(_block_ptrs(base, i, BLOCK)).to(ACC)
             acc = _combine(acc, _element_terms(x, p, KIND), every, KIND)
         if full < n:
             offs = full + lanes
@@ -384,7 +386,7 @@ def _clip_scale_kernel(
         n = stop - start
         full = _contig_full_blocks(n, BLOCK)
         for i in range(0, full, BLOCK):
-            ptrs = base + _block_offsets(i, BLOCK)
+            ptrs = _block_ptrs(base, i, BLOCK)
             tl.store(ptrs, _round(tl.load(ptrs).to(ACC) * coef, DTYPE))
         if full < n:
             offs = full + lanes

@@ -151,10 +151,12 @@ def test_cached_call_host_cost_per_tensor(monkeypatch):
         p.grad = torch.ones(3)
     fastcells.clip_grad_norm_(params, 1.0, backend="triton")      # builds the plan
     best = float("inf")
-    for _ in range(15):          # the minimum: a loaded CI machine only ever adds time
-        t = time.perf_counter()
+    for _ in range(30):
+        # this thread's CPU time, not wall time (other processes on a loaded CI machine do not
+        # count), and the minimum (interrupts and cache misses only ever add)
+        t = time.thread_time()
         fastcells.clip_grad_norm_(params, 1.0, backend="triton")
-        best = min(best, time.perf_counter() - t)
+        best = min(best, time.thread_time() - t)
     us = best / N_TENSORS * 1e6
     print(f"cached clip_grad_norm_: {us:.3f} us host time per tensor ({N_TENSORS} tensors)")
     assert us <= HOST_US_PER_TENSOR

@@ -9,8 +9,15 @@ inf, inf for -inf and p < 0), which leaves the total of the other tensors unchan
 Backends: ``triton`` (the fused passes of :mod:`fastcells.kernels.clip`: a few launches, no host
 synchronisation unless ``error_if_nonfinite=True``), ``reference`` (plain torch ops, per tensor),
 ``native`` (torch's own functions), ``auto`` (triton when every tensor is on CUDA, else native).
-The triton backend covers strided float64/float32/float16/bfloat16 tensors; anything else
-(complex, sparse, tensor subclasses) goes to torch's own functions.
+The triton backend covers strided float64/float32/float16/bfloat16 tensors, and DTensor
+gradients (FSDP2, tensor parallel) with Shard / Replicate placements on one mesh, whose local
+shards it clips with one all-reduce per mesh dim (:mod:`fastcells.clip_dtensor`); anything else
+(complex, sparse, other tensor subclasses) goes to torch's own functions.
+
+The host path: the pointer tables are cached (:mod:`fastcells.kernels.clip_plan`), and an eager
+call whose tables are cached calls the passes directly, with no per-tensor work beyond reading
+each gradient's address, dtype, device, type and numel (sizes and strides too when one is not
+contiguous) to find them: a few hundred nanoseconds per tensor.
 
 ``foreach`` has torch's meaning: ``True`` on a device without foreach support raises torch's
 error; otherwise it only picks an implementation, and the fused kernels are the fast one.
@@ -35,9 +42,10 @@ import torch
 import torch.nn.utils as _tnu
 
 from .backend import _check_name, default_backend, resolve
+from . import clip_dtensor as _dt
 from . import clip_ops as _ops
 from .clip_ops import check_writable as _check_writable
-from .kernels import clip as _kernels
+from .kernels import clip_plan as _plan
 
 try:
     from torch.utils._foreach_utils import _device_has_foreach_support
@@ -56,22 +64,67 @@ def _check_foreach(foreach, tensors):
                     f"foreach=True was passed, but can't use the foreach API on {device.type} tensors")
 
 
-def _kernel_ready(t):
-    return (type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
-            and t.dtype in _kernels.SUPPORTED_DTYPES and t.device.type in ("cuda", "cpu"))
+_kernel_ready = _plan.kernel_ready
 
 
-def _backend(backend, tensors):
+def _name(backend):
+    """The backend name in force for this call (checked even when there is nothing to do)."""
+    return default_backend() if backend is None else _check_name(backend)
+
+
+def _backend(name, tensors):
     """The concrete backend for this call (``tensors`` non-empty)."""
-    name = default_backend() if backend is None else _check_name(backend)
     if name == "auto":
         return "triton" if all(t.is_cuda and _kernel_ready(t) for t in tensors) else "native"
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return "native"      # torch's own error for a None (or any non-tensor) in the list
     if name == "triton":
         if not all(_kernel_ready(t) for t in tensors):
             return "native"
         for t in {t.device: t for t in tensors}.values():
             resolve("triton", t)     # a clear error for CPU tensors without the interpreter
     return name
+
+
+def _cached_plan(name, tensors):
+    """The kernels' cached plan for an eager call on backend ``name``, or None (then the call
+    takes the full path, whose op builds the plan).  A hit has passed every check the full
+    path makes (:func:`_backend`, writability) when it was built, on tensors with the same
+    type, dtype, device, address, sizes and strides, so only the per-device ones are redone.
+    Never under torch.compile (the op is the graph's node) or a dispatch mode (it sees the
+    op); ``auto`` on a CPU first tensor is native without a look."""
+    if name == "auto":
+        if not (isinstance(tensors[0], torch.Tensor) and tensors[0].is_cuda):
+            return None
+    elif name != "triton":
+        return None
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return None
+    plan = _plan.cached(tensors)
+    if plan is None or not plan.ready or (name == "auto" and not plan.all_cuda):
+        return None
+    if name == "triton":
+        for i in plan.firsts:
+            resolve("triton", tensors[i])
+    return plan
+
+
+def _sharded(name, tensors):
+    """The local view of DTensor gradients for the fused kernels (:mod:`fastcells.clip_dtensor`),
+    or None: not DTensors, not covered, or not this backend's."""
+    if name not in ("triton", "auto"):
+        return None
+    view = _dt.sharded(tensors)
+    if view is None or (name == "auto" and not all(t.is_cuda for t in view.locals)):
+        return None
+    if name == "triton":
+        for t in {t.device: t for t in view.locals}.values():
+            resolve("triton", t)     # a clear error for CPU tensors without the interpreter
+    return view
+
+
+def _devices(plan, tensors):
+    return [tensors[i] for i in plan.firsts]
 
 
 # ----------------------------------------------------------------------------- the reference
@@ -105,9 +158,18 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
     with torch.no_grad():
         tensors = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors)
         norm_type = float(norm_type)
+        name = _name(backend)
         if not tensors:
             return torch.tensor(0.0)
-        be = _backend(backend, tensors)
+        plan = _cached_plan(name, tensors)
+        if plan is not None:
+            _check_foreach(foreach, _devices(plan, tensors))
+            return _ops.total_norm(plan, norm_type, bool(error_if_nonfinite))
+        view = _sharded(name, tensors)
+        if view is not None:
+            _check_foreach(foreach, view.locals)
+            return _dt.get_total_norm(view, norm_type, bool(error_if_nonfinite))
+        be = _backend(name, tensors)
         if be == "native":
             return _tnu.get_total_norm(tensors, norm_type, error_if_nonfinite, foreach)
         _check_foreach(foreach, tensors)
@@ -115,6 +177,8 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
             return _ops.clip_total_norm(tensors, norm_type, bool(error_if_nonfinite))
         total = _reference_total_norm(tensors, norm_type)
         if error_if_nonfinite:
+            if _dt.is_dtensor(total):
+                _ops.register_dtensor_sharding()
             total = _ops.clip_check_finite(total, norm_type)
         return total
 
@@ -129,11 +193,25 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, bac
         params = [p for p in parameters if p.grad is not None]
         grads = [p.grad for p in params]
         max_norm = float(max_norm)
+        name = _name(backend)
         if not grads:
             return None
-        be = _backend(backend, grads)
-        if be == "triton" and not (isinstance(total_norm, torch.Tensor) and total_norm.dim() == 0
-                                   and total_norm.dtype in _kernels.SUPPORTED_DTYPES):
+        usual_total = (isinstance(total_norm, torch.Tensor) and total_norm.dim() == 0
+                       and total_norm.dtype in _plan.SUPPORTED_DTYPES)     # a DTensor too
+        plain_total = usual_total and type(total_norm) is torch.Tensor
+        plan = _cached_plan(name, grads) if plain_total else None
+        if plan is not None:
+            _check_foreach(foreach, _devices(plan, grads))
+            _ops.scale_by_norm_(plan, total_norm.to(grads[0].device), max_norm)
+            torch.autograd.graph.increment_version(grads)     # as the op does
+            return None
+        view = _sharded(name, grads) if usual_total else None
+        if view is not None:
+            _check_foreach(foreach, view.locals)
+            _dt.clip_grads_with_norm_(view, max_norm, total_norm)
+            return None
+        be = _backend(name, grads)
+        if be != "native" and not plain_total:
             be = "native"     # an unusual total_norm: torch's own arithmetic and errors
         if be == "native":
             return _tnu.clip_grads_with_norm_(params, max_norm, total_norm, foreach)
@@ -165,10 +243,23 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
                 warnings.warn("`parameters` is an empty generator, no gradient clipping will occur.",
                               stacklevel=2)
         grads = [p.grad for p in parameters if p.grad is not None]
+        name = _name(backend)
         if not grads:
             float(norm_type), float(max_norm)      # torch's conversions (and their errors)
             return torch.tensor(0.0)
-        be = _backend(backend, grads)
+        plan = _cached_plan(name, grads)
+        if plan is not None and isinstance(max_norm, (float, int)):
+            _check_foreach(foreach, _devices(plan, grads))
+            total = _ops.clip_by_norm_(plan, float(max_norm), float(norm_type),
+                                       bool(error_if_nonfinite))
+            torch.autograd.graph.increment_version(grads)     # as the op does
+            return total
+        view = _sharded(name, grads)
+        if view is not None and isinstance(max_norm, (float, int)):
+            _check_foreach(foreach, view.locals)
+            return _dt.clip_grad_norm_(view, float(max_norm), float(norm_type),
+                                       bool(error_if_nonfinite))
+        be = _backend(name, grads)
         if be == "native":
             return _tnu.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
         if be == "reference":

@@ -4,7 +4,10 @@
 Being custom ops with fake (meta) implementations, they are opaque to torch.compile: Dynamo
 records one node per op instead of tracing the pointer-table cache (``data_ptr()``, dict
 lookups) and the Triton launches, so the clip functions run under
-``torch.compile(fullgraph=True)`` with no graph break.  Eager calls go through the same ops.
+``torch.compile(fullgraph=True)`` with no graph break.  Eager calls go through the same ops,
+except one whose tables are already cached: :mod:`fastcells.clip` then calls the ops' bodies
+(:func:`total_norm`, :func:`clip_by_norm_`, :func:`scale_by_norm_`) directly and bumps the
+version counters itself, sparing the dispatcher's per-tensor cost.
 
 ``fastcells::clip_total_norm(Tensor[] tensors, float norm_type, bool error_if_nonfinite) -> Tensor``
     pass 1: the total norm (0-d, the tensors' promoted dtype, on the first tensor's device).
@@ -33,7 +36,8 @@ from typing import List
 import torch
 from torch import Tensor
 
-from .kernels import clip as _kernels
+from .kernels import clip_launch as _launch
+from .kernels import clip_plan as _plan
 
 
 OVERLAP_MSG = ("unsupported operation: more than one element of the written-to tensor refers to a "
@@ -58,7 +62,7 @@ def check_finite(total, norm_type):
 def check_writable(grads):
     """torch's refusal to scale a tensor whose elements share memory, raised before any
     gradient is touched."""
-    if any(_kernels.internal_overlap(g) for g in grads):
+    if any(_plan.internal_overlap(g) for g in grads):
         raise RuntimeError(OVERLAP_MSG)
 
 
@@ -67,13 +71,38 @@ def _fake_total(tensors):
     return tensors[0].new_empty((), dtype=dtype)
 
 
-# The kernels module is looked up at call time (``_kernels.plan``...), so a test may patch it.
-@torch.library.custom_op("fastcells::clip_total_norm", mutates_args=())
-def clip_total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool) -> Tensor:
-    total, _ = _kernels.multi_tensor_norm(_kernels.plan(tensors), norm_type)
+# ------------------------------------------------------------------ the passes over a plan
+# The bodies of the ops, given the plan; fastcells.clip also calls them directly on an eager
+# call whose plan is cached (and bumps the version counters, as the op would).  The modules are
+# looked up at call time (``_plan.plan``, ``_launch.multi_tensor_scale_``), so a test may patch
+# them.
+def total_norm(plan, norm_type, error_if_nonfinite):
+    total, _ = _launch.multi_tensor_norm(plan, norm_type)
     if error_if_nonfinite:
         check_finite(total, norm_type)
     return total
+
+
+def clip_by_norm_(plan, max_norm, norm_type, error_if_nonfinite):
+    total, coef = _launch.multi_tensor_norm(plan, norm_type, max_norm)
+    if error_if_nonfinite:
+        check_finite(total, norm_type)
+    if plan.overlapping:
+        raise RuntimeError(OVERLAP_MSG)
+    _launch.multi_tensor_scale_(plan, coef)
+    return total
+
+
+def scale_by_norm_(plan, total, max_norm):
+    if plan.overlapping:
+        raise RuntimeError(OVERLAP_MSG)
+    _launch.multi_tensor_scale_(plan, _launch.clip_coefficient(total, max_norm))
+
+
+# ------------------------------------------------------------------------------------ the ops
+@torch.library.custom_op("fastcells::clip_total_norm", mutates_args=())
+def clip_total_norm(tensors: List[Tensor], norm_type: float, error_if_nonfinite: bool) -> Tensor:
+    return total_norm(_plan.plan(tensors), norm_type, error_if_nonfinite)
 
 
 @clip_total_norm.register_fake
@@ -84,13 +113,7 @@ def _(tensors, norm_type, error_if_nonfinite):
 @torch.library.custom_op("fastcells::clip_grad_norm_", mutates_args=("grads",))
 def clip_grad_norm_(grads: List[Tensor], max_norm: float, norm_type: float,
                     error_if_nonfinite: bool) -> Tensor:
-    plan = _kernels.plan(grads)
-    total, coef = _kernels.multi_tensor_norm(plan, norm_type, max_norm)
-    if error_if_nonfinite:
-        check_finite(total, norm_type)
-    check_writable(grads)
-    _kernels.multi_tensor_scale_(plan, coef)
-    return total
+    return clip_by_norm_(_plan.plan(grads), max_norm, norm_type, error_if_nonfinite)
 
 
 @clip_grad_norm_.register_fake
@@ -100,9 +123,7 @@ def _(grads, max_norm, norm_type, error_if_nonfinite):
 
 @torch.library.custom_op("fastcells::clip_grads_with_norm_", mutates_args=("grads",))
 def clip_grads_with_norm_(grads: List[Tensor], total_norm: Tensor, max_norm: float) -> None:
-    check_writable(grads)
-    plan = _kernels.plan(grads)
-    _kernels.multi_tensor_scale_(plan, _kernels.clip_coefficient(total_norm, max_norm))
+    scale_by_norm_(_plan.plan(grads), total_norm, max_norm)
 
 
 @clip_grads_with_norm_.register_fake
@@ -122,3 +143,22 @@ def clip_check_finite(total: Tensor, norm_type: float) -> Tensor:
 @clip_check_finite.register_fake
 def _(total, norm_type):
     return torch.empty_like(total)
+
+
+_DTENSOR_REGISTERED = False
+
+
+def register_dtensor_sharding():
+    """Let DTensor run ``clip_check_finite``: on the full (replicated) total, so a Partial one
+    is reduced first and every rank checks, and raises on, the same value.  Done on first use
+    (importing torch.distributed.tensor at fastcells' import would cost every user)."""
+    global _DTENSOR_REGISTERED
+    if _DTENSOR_REGISTERED:
+        return
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.experimental import register_sharding
+
+    @register_sharding(torch.ops.fastcells.clip_check_finite.default)
+    def _(total, norm_type):
+        return [([Replicate()], [Replicate(), None])]
+    _DTENSOR_REGISTERED = True

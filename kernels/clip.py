@@ -1,17 +1,9 @@
-"""Multi-tensor norm and in-place scale: the two passes of clip-by-global-norm.
+"""The ``@triton.jit`` code of clip-by-global-norm: a multi-tensor norm and an in-place scale.
 
-Every tensor of one (device, dtype) group is described by a device-side int64 table, built once
-per tensor list and cached (:func:`plan`):
-
-``seg``    (S, SEG_W) one row per segment: address of its first element, numel, ndim, four sizes
-           and four strides (elements, outer dim first, padded at the front with size 1 and
-           stride 0).  A tensor is one segment after its dims are collapsed (any dense tensor,
-           whatever its permutation, is one dim of stride 1); a gappy view that still needs more
-           than four dims is split into several segments over its leading dims.
-``chunk``  (C, 2) one row per program of the passes: segment row, first element.  Each chunk
-           covers CHUNK elements of one segment (the last one fewer).
-``range``  (N, 2) one row per tensor: its first chunk, one past its last chunk (its segments'
-           chunks are contiguous).  A 0-size tensor has no chunks.
+What the tables hold and how they are built is in :mod:`.clip_plan`; the launchers are in
+:mod:`.clip_launch`.  Every tensor of one (device, dtype) group is a list of segments (rows of
+``seg``, fields named by :class:`Seg`); the passes run one program per chunk of ``CHUNK``
+elements of one segment (rows of ``chunk``: segment row, first element).
 
 Pass 1 is three fixed-order launches with no float atomics, so the result is bit-identical run
 to run: ``_clip_norm_partial_kernel`` (one per dtype) reduces each chunk to a partial in the
@@ -21,29 +13,57 @@ rounded to the tensor's dtype as torch's per-tensor norms are; ``_clip_norm_tota
 takes the norm of those norms in the promoted dtype, as torch does, and the clip coefficient
 ``clamp(max_norm / (total + 1e-6), max=1)`` with torch's roundings, both left on the device.
 Pass 2, ``_clip_scale_kernel`` (one per dtype), scales every element in place by that coefficient.
+For sharded tensors the per-tensor kernel stops before the root (``ROOT=False``): the sums are
+reduced across ranks, then ``_clip_norm_root_kernel`` (one per dtype) takes the roots.
 
-Every offset is int64 (tensors past 2**31 elements).  Scalars that must keep fp64 precision
-(the norm order, max_norm, eps) travel as the int64 bits of a double, so nothing is rounded to
-fp32 before the kernel chooses its precision.
+A chunk of a ``CONTIG`` segment (one dense run of stride 1 whose first element is 16-byte
+aligned) is read as unmasked, aligned full blocks with 32-bit offsets, which the compiler turns
+into 16-byte vector loads and stores (8 bf16 elements at a time), and one masked tail; any other
+segment takes the general path: int64 linear indices split into up to four (size, stride) dims.
+
+Scalars that must keep fp64 precision (the norm order, max_norm, eps) travel as the int64 bits
+of a double, so nothing is rounded to fp32 before the kernel chooses its precision.
 """
-import itertools
-import math
-import struct
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
-from functools import reduce
+import enum
 
-import torch
 import triton
 import triton.language as tl
 
-from .common import acc_dtype, interpreting, tl_dtype
 
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-SEG_W = 11          # int64 fields per segment row
-_SEG_W: tl.constexpr = tl.constexpr(SEG_W)
+class Seg(enum.IntEnum):
+    """The int64 fields of a row of the segment table (host and kernels use these names)."""
+    ADDR = 0       # byte address of the segment's first element
+    NUMEL = 1      # elements in the segment
+    NDIM = 2       # dims kept after collapsing (1 to 4; the sizes and strides below are padded
+    CONTIG = 3     # at the front with size 1, stride 0); CONTIG: 1 when dense, stride 1, aligned
+    SIZE0 = 4
+    SIZE1 = 5
+    SIZE2 = 6
+    SIZE3 = 7
+    STRIDE0 = 8    # strides in elements, outer dim first
+    STRIDE1 = 9
+    STRIDE2 = 10
+    STRIDE3 = 11
+
+
+SEG_W = len(Seg)    # int64 fields per segment row
 MAX_DIMS = 4        # dims a segment keeps after collapsing; gappier views are split
+ALIGN = 16          # bytes: the alignment of a CONTIG segment's first element
+
+# The same names as compile-time constants for the kernels.
+_SEG_W: tl.constexpr = tl.constexpr(SEG_W)
+_ADDR: tl.constexpr = tl.constexpr(int(Seg.ADDR))
+_NUMEL: tl.constexpr = tl.constexpr(int(Seg.NUMEL))
+_NDIM: tl.constexpr = tl.constexpr(int(Seg.NDIM))
+_CONTIG: tl.constexpr = tl.constexpr(int(Seg.CONTIG))
+_SIZE1: tl.constexpr = tl.constexpr(int(Seg.SIZE1))
+_SIZE2: tl.constexpr = tl.constexpr(int(Seg.SIZE2))
+_SIZE3: tl.constexpr = tl.constexpr(int(Seg.SIZE3))
+_STRIDE0: tl.constexpr = tl.constexpr(int(Seg.STRIDE0))
+_STRIDE1: tl.constexpr = tl.constexpr(int(Seg.STRIDE1))
+_STRIDE2: tl.constexpr = tl.constexpr(int(Seg.STRIDE2))
+_STRIDE3: tl.constexpr = tl.constexpr(int(Seg.STRIDE3))
+_ALIGN: tl.constexpr = tl.constexpr(ALIGN)
 
 # Norm kinds (a compile-time switch in the kernels).
 L2: tl.constexpr = tl.constexpr(0)
@@ -52,19 +72,6 @@ L0: tl.constexpr = tl.constexpr(2)     # number of nonzero elements
 LMAX: tl.constexpr = tl.constexpr(3)   # inf norm
 LMIN: tl.constexpr = tl.constexpr(4)   # -inf norm
 LPOW: tl.constexpr = tl.constexpr(5)   # any other p: (sum |x|^p)^(1/p)
-
-EPS = 1e-6          # torch's: max_norm / (total + 1e-6)
-
-
-def norm_kind(p):
-    """The kernels' KIND for norm order ``p`` (a float)."""
-    kinds = {2.0: L2, 1.0: L1, 0.0: L0, math.inf: LMAX, -math.inf: LMIN}
-    return kinds.get(p, LPOW).value
-
-
-def f64_bits(x):
-    """The int64 bit pattern of the double ``x`` (decoded in the kernels by ``_f64``)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 # ------------------------------------------------------------------------------------ jit helpers
@@ -180,20 +187,37 @@ def _root(s, p, KIND: tl.constexpr):
     return r
 
 
+
 @triton.jit
-def _chunk(seg_ptr, chunk_ptr, pid, DTYPE: tl.constexpr, CHUNK: tl.constexpr):
-    """The chunk ``pid``: its segment's base pointer and row, and its element range."""
+def _chunk(seg_ptr, chunk_ptr, pid, CHUNK: tl.constexpr):
+    """The chunk ``pid``: its segment's row pointer, its element range and whether the
+    segment is CONTIG."""
     row = tl.load(chunk_ptr + 2 * pid)
     start = tl.load(chunk_ptr + 2 * pid + 1)
     seg = seg_ptr + row * _SEG_W
-    base = tl.load(seg).to(tl.pointer_type(DTYPE))
-    stop = tl.minimum(start + CHUNK, tl.load(seg + 1))
-    return base, seg, start, stop
+    stop = tl.minimum(start + CHUNK, tl.load(seg + _NUMEL))
+    return seg, start, stop, tl.load(seg + _CONTIG)
+
+
+@triton.jit
+def _contig_base(seg, start, DTYPE: tl.constexpr):
+    """Pointer to element ``start`` of a CONTIG segment."""
+    return tl.load(seg + _ADDR).to(tl.pointer_type(DTYPE)) + start
+
+
+@triton.jit
+def _layout(seg, DTYPE: tl.constexpr):
+    """The general path's view of a segment row: its base pointer, ndim, the inner three sizes
+    and the four strides (loaded once, before a kernel's loop)."""
+    return (tl.load(seg + _ADDR).to(tl.pointer_type(DTYPE)), tl.load(seg + _NDIM),
+            tl.load(seg + _SIZE1), tl.load(seg + _SIZE2), tl.load(seg + _SIZE3),
+            tl.load(seg + _STRIDE0), tl.load(seg + _STRIDE1), tl.load(seg + _STRIDE2),
+            tl.load(seg + _STRIDE3))
 
 
 @triton.jit
 def _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3):
-    """Element offsets of linear indices ``idx`` in a segment (sizes s*, strides t*)."""
+    """Element offsets of linear indices ``idx`` (int64) in a general segment."""
     if nd == 1:
         offs = idx * t3
     else:
@@ -205,10 +229,27 @@ def _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3):
     return offs
 
 
+@triton.jit
+def _contig_full_blocks(n, BLOCK: tl.constexpr):
+    """Elements of a CONTIG chunk of ``n`` covered by unmasked full blocks."""
+    return (n - n % BLOCK).to(tl.int32)
+
+
+@triton.jit
+def _block_ptrs(base, i, BLOCK: tl.constexpr):
+    """Pointers to the full block at ``i`` (a multiple of BLOCK) of a CONTIG chunk at ``base``,
+    with their contiguity and alignment told to the compiler (so it emits 16-byte vector
+    accesses; a pointer read from a table carries no alignment of its own).  The host
+    guarantees it: a CONTIG segment starts ALIGN-aligned, a chunk starts a multiple of CHUNK
+    elements in, and CHUNK and BLOCK elements are multiples of ALIGN bytes."""
+    ptrs = base + i + tl.arange(0, BLOCK)
+    return tl.max_contiguous(tl.multiple_of(ptrs, _ALIGN), BLOCK)
+
+
 # ----------------------------------------------------------------------------------- kernels
 @triton.jit(do_not_specialize=["p_bits"])
 def _clip_norm_partial_kernel(
-    seg_ptr,      # (S, 11) int64 segment table (see the module docstring)
+    seg_ptr,      # (S, SEG_W) int64 segment table (fields: Seg)
     chunk_ptr,    # (C, 2) int64 chunk table: segment row, first element
     partial_ptr,  # (C,) ACC out: the chunk's sum of terms (or max / min of |x|)
     p_bits,       # int64 bits of the double norm order (read when KIND == LPOW)
@@ -216,23 +257,31 @@ def _clip_norm_partial_kernel(
     CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    base, seg, start, stop = _chunk(seg_ptr, chunk_ptr, pid, DTYPE, CHUNK)
-    nd = tl.load(seg + 2)
-    s1 = tl.load(seg + 4)
-    s2 = tl.load(seg + 5)
-    s3 = tl.load(seg + 6)
-    t0 = tl.load(seg + 7)
-    t1 = tl.load(seg + 8)
-    t2 = tl.load(seg + 9)
-    t3 = tl.load(seg + 10)
+    seg, start, stop, contig = _chunk(seg_ptr, chunk_ptr, pid, CHUNK)
     p = _f64(p_bits).to(ACC)
     acc = _identity(BLOCK, ACC, KIND)
-    for off in range(start, stop, BLOCK):
-        idx = off + tl.arange(0, BLOCK).to(tl.int64)
-        mask = idx < stop
-        offs = _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3)
-        x = tl.load(base + offs, mask=mask, other=0.0).to(ACC)
-        acc = _combine(acc, _element_terms(x, p, KIND), mask, KIND)
+    lanes = tl.arange(0, BLOCK)
+    if contig != 0:
+        base = _contig_base(seg, start, DTYPE)
+        n = stop - start
+        full = _contig_full_blocks(n, BLOCK)
+        every = lanes < BLOCK
+        for i in range(0, full, BLOCK):
+            x = tl.load(_block_ptrs(base, i, BLOCK)).to(ACC)
+            acc = _combine(acc, _element_terms(x, p, KIND), every, KIND)
+        if full < n:
+            offs = full + lanes
+            mask = offs < n
+            x = tl.load(base + offs, mask=mask, other=0.0).to(ACC)
+            acc = _combine(acc, _element_terms(x, p, KIND), mask, KIND)
+    else:
+        base, nd, s1, s2, s3, t0, t1, t2, t3 = _layout(seg, DTYPE)
+        for off in range(start, stop, BLOCK):
+            idx = off + lanes.to(tl.int64)
+            mask = idx < stop
+            offs = _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3)
+            x = tl.load(base + offs, mask=mask, other=0.0).to(ACC)
+            acc = _combine(acc, _element_terms(x, p, KIND), mask, KIND)
     tl.store(partial_ptr + pid, _reduce(acc, KIND))
 
 
@@ -240,10 +289,11 @@ def _clip_norm_partial_kernel(
 def _clip_norm_tensor_kernel(
     partial_ptr,  # (C,) ACC the chunks' partials from _clip_norm_partial_kernel
     range_ptr,    # (N, 2) int64 per tensor: first chunk, one past its last chunk
-    norm_ptr,     # (N,) OUT_ACC out: each tensor's norm, rounded to DTYPE
+    norm_ptr,     # (N,) OUT_ACC out: each tensor's norm, rounded to DTYPE (ROOT), else the
+                  #      reduced sum of terms (or max / min) before the root
     p_bits,       # int64 bits of the double norm order (read when KIND == LPOW)
     DTYPE: tl.constexpr, ACC: tl.constexpr, OUT_ACC: tl.constexpr, KIND: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ROOT: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     first = tl.load(range_ptr + 2 * pid)
@@ -254,8 +304,25 @@ def _clip_norm_tensor_kernel(
         cs = c0 + tl.arange(0, BLOCK).to(tl.int64)
         mask = cs < end
         acc = _combine(acc, tl.load(partial_ptr + cs, mask=mask, other=0.0), mask, KIND)
-    norm = _root(_reduce(acc, KIND), p, KIND)
-    tl.store(norm_ptr + pid, _round(norm, DTYPE).to(OUT_ACC))
+    if ROOT:
+        out = _round(_root(_reduce(acc, KIND), p, KIND), DTYPE).to(OUT_ACC)
+    else:
+        out = _reduce(acc, KIND).to(OUT_ACC)
+    tl.store(norm_ptr + pid, out)
+
+
+@triton.jit(do_not_specialize=["n", "p_bits"])
+def _clip_norm_root_kernel(
+    norm_ptr,     # (n,) OUT_ACC in: per-tensor sums of terms (ROOT=False above, then reduced
+                  #      across ranks); out: the norms, rounded to DTYPE
+    n, p_bits,
+    DTYPE: tl.constexpr, OUT_ACC: tl.constexpr, KIND: tl.constexpr, BLOCK: tl.constexpr,
+):
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < n
+    s = tl.load(norm_ptr + idx, mask=mask, other=0.0)
+    norm = _root(s, _f64(p_bits).to(OUT_ACC), KIND)
+    tl.store(norm_ptr + idx, _round(norm, DTYPE).to(OUT_ACC), mask=mask)
 
 
 @triton.jit
@@ -305,254 +372,32 @@ def _clip_coef_kernel(
 
 @triton.jit
 def _clip_scale_kernel(
-    seg_ptr,      # (S, 11) int64 segment table
+    seg_ptr,      # (S, SEG_W) int64 segment table (fields: Seg)
     chunk_ptr,    # (C, 2) int64 chunk table
     coef_ptr,     # () the clip coefficient (any float dtype; used in ACC)
     DTYPE: tl.constexpr, ACC: tl.constexpr, CHUNK: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    base, seg, start, stop = _chunk(seg_ptr, chunk_ptr, pid, DTYPE, CHUNK)
-    nd = tl.load(seg + 2)
-    s1 = tl.load(seg + 4)
-    s2 = tl.load(seg + 5)
-    s3 = tl.load(seg + 6)
-    t0 = tl.load(seg + 7)
-    t1 = tl.load(seg + 8)
-    t2 = tl.load(seg + 9)
-    t3 = tl.load(seg + 10)
+    seg, start, stop, contig = _chunk(seg_ptr, chunk_ptr, pid, CHUNK)
     coef = tl.load(coef_ptr).to(ACC)
-    for off in range(start, stop, BLOCK):
-        idx = off + tl.arange(0, BLOCK).to(tl.int64)
-        mask = idx < stop
-        ptrs = base + _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3)
-        x = tl.load(ptrs, mask=mask).to(ACC)
-        tl.store(ptrs, _round(x * coef, DTYPE), mask=mask)
-
-
-# ------------------------------------------------------------------------------- host: tables
-def default_chunk():
-    """(CHUNK, BLOCK): elements per program and per loop step of the passes.  The interpreter
-    runs programs one after another, so it gets fewer, numpy-wide ones."""
-    return (8192, 1024) if interpreting() else (16384, 1024)
-
-
-def _collapse(t):
-    """(numel, [(size, stride), ...] outer first): size-1 dims dropped, dims sorted by stride,
-    neighbours merged where one is the other's continuation.  A 0-d tensor is [(1, 1)]."""
-    dims = sorted(((s, st) for s, st in zip(t.shape, t.stride()) if s != 1),
-                  key=lambda d: d[1], reverse=True)
-    numel = t.numel()
-    if numel == 0:
-        return 0, []
-    merged = []
-    for size, stride in dims:
-        if merged and merged[-1][1] == stride * size:
-            merged[-1] = (merged[-1][0] * size, stride)
-        else:
-            merged.append((size, stride))
-    return numel, merged or [(1, 1)]
-
-
-def _segments(t):
-    """Rows of the segment table for tensor ``t`` (none when it is empty)."""
-    numel, dims = _collapse(t)
-    if numel == 0:
-        return []
-    lead, tail = dims[:-MAX_DIMS], dims[-MAX_DIMS:]
-    pad = MAX_DIMS - len(tail)
-    sizes = [1] * pad + [s for s, _ in tail]
-    strides = [0] * pad + [st for _, st in tail]
-    n = math.prod(sizes)
-    item, addr = t.element_size(), t.data_ptr()
-    rows = []
-    for index in itertools.product(*(range(s) for s, _ in lead)):
-        off = sum(i * st for i, (_, st) in zip(index, lead))
-        rows.append([addr + off * item, n, len(tail)] + sizes + strides)
-    return rows
-
-
-def internal_overlap(t):
-    """True when two elements of ``t`` certainly share memory (a stride-0 dim of size > 1):
-    torch's MEM_OVERLAP_YES, where an in-place op refuses to write."""
-    return any(st == 0 and s > 1 for s, st in zip(t.shape, t.stride()))
-
-
-@dataclass
-class Group:
-    """The tables of the tensors of one (device, dtype)."""
-    device: torch.device
-    dtype: torch.dtype
-    n_tensors: int
-    n_chunks: int
-    seg: torch.Tensor      # (S, SEG_W) int64 on device (views into one uploaded buffer)
-    chunks: torch.Tensor   # (max(C, 1), 2)
-    ranges: torch.Tensor   # (N, 2)
-    host: torch.Tensor     # the (pinned) host copy, kept alive while the upload may be in flight
-
-
-@dataclass
-class Plan:
-    """Everything the launches need for one list of tensors; cached across calls."""
-    groups: list
-    device: torch.device   # the first tensor's: where the total lives
-    dtype: torch.dtype     # the promoted dtype of all tensors: the total's
-    n_tensors: int
-    overlapping: bool      # some tensor cannot be scaled in place (internal overlap)
-    chunk: int
-    block: int
-
-
-def _upload(rows_seg, rows_chunk, rows_range, device):
-    flat = [v for rows in (rows_seg, rows_chunk, rows_range) for row in rows for v in row]
-    if device.type == "cuda":
-        # pinned + non_blocking: no host synchronisation, capturable in a CUDA graph
-        host = torch.tensor(flat, dtype=torch.int64, pin_memory=True)
-        table = host.to(device, non_blocking=True)
+    lanes = tl.arange(0, BLOCK)
+    if contig != 0:
+        base = _contig_base(seg, start, DTYPE)
+        n = stop - start
+        full = _contig_full_blocks(n, BLOCK)
+        for i in range(0, full, BLOCK):
+            ptrs = _block_ptrs(base, i, BLOCK)
+            tl.store(ptrs, _round(tl.load(ptrs).to(ACC) * coef, DTYPE))
+        if full < n:
+            offs = full + lanes
+            mask = offs < n
+            x = tl.load(base + offs, mask=mask).to(ACC)
+            tl.store(base + offs, _round(x * coef, DTYPE), mask=mask)
     else:
-        host = table = torch.tensor(flat, dtype=torch.int64)
-    a = len(rows_seg) * SEG_W
-    b = a + len(rows_chunk) * 2
-    return (table[:a].view(-1, SEG_W), table[a:b].view(-1, 2), table[b:].view(-1, 2), host)
-
-
-def _build_group(tensors, chunk):
-    rows_seg, rows_chunk, rows_range = [], [], []
-    for t in tensors:
-        first = len(rows_chunk)
-        for row in _segments(t):
-            seg = len(rows_seg)
-            rows_seg.append(row)
-            rows_chunk.extend([seg, start] for start in range(0, row[1], chunk))
-        rows_range.append([first, len(rows_chunk)])
-    n_chunks = len(rows_chunk)
-    if not rows_seg:
-        rows_seg.append([0] * SEG_W)     # never read; keeps every pointer non-null
-    if not rows_chunk:
-        rows_chunk.append([0, 0])
-    t0 = tensors[0]
-    seg, chunks, ranges, host = _upload(rows_seg, rows_chunk, rows_range, t0.device)
-    return Group(t0.device, t0.dtype, len(tensors), n_chunks, seg, chunks, ranges, host)
-
-
-_CACHE = OrderedDict()
-_CACHE_SIZE = 16
-_CAPTURED = {}      # plans used while a CUDA graph was captured: the graph holds their addresses
-_LOCK = threading.Lock()
-
-
-def _capturing(tensors):
-    return tensors[0].is_cuda and torch.cuda.is_current_stream_capturing()
-
-
-def plan(tensors, chunk=None, block=None):
-    """The tables for ``tensors`` (floating, strided; any layout), grouped by (device, dtype).
-
-    Cached on what the kernels touch (each tensor's address, dtype, device, sizes, strides),
-    so a new ``.grad`` object at the same place reuses the tables and any change rebuilds them;
-    a steady training step launches with no host work beyond the lookup.  The tables hold
-    addresses only, never the tensors: a cached table is used only when the tensors of the
-    current call are at exactly those addresses.  Tables used while a CUDA graph is captured
-    are kept for good (the graph reads them at every replay; warm up once before capturing)."""
-    if interpreting() and any(t.device.type != "cpu" for t in tensors):
-        raise RuntimeError("under TRITON_INTERPRET=1 the clip kernels read CPU tensors only "
-                           "(their pointer tables hold host addresses)")
-    d_chunk, d_block = default_chunk()
-    chunk, block = chunk or d_chunk, block or d_block
-    if chunk % block:
-        raise ValueError(f"chunk ({chunk}) must be a multiple of block ({block})")
-    key = (chunk, block) + tuple(
-        (t.data_ptr(), t.dtype, t.device, t.shape, t.stride()) for t in tensors)
-    with _LOCK:
-        hit = _CACHE.get(key)
-        if hit is not None:
-            _CACHE.move_to_end(key)
-        else:
-            hit = _CAPTURED.get(key)
-        if hit is not None:
-            if _capturing(tensors):
-                _CAPTURED[key] = hit
-            return hit
-    by_group = {}
-    for t in tensors:
-        by_group.setdefault((t.device, t.dtype), []).append(t)
-    groups = [_build_group(ts, chunk) for ts in by_group.values()]
-    first = tensors[0].device
-    groups.sort(key=lambda g: g.device != first)          # the total's device first
-    result = Plan(groups, first, reduce(torch.promote_types, (t.dtype for t in tensors)),
-                  len(tensors), any(internal_overlap(t) for t in tensors), chunk, block)
-    with _LOCK:
-        _CACHE[key] = result
-        while len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-        if _capturing(tensors):
-            _CAPTURED[key] = result
-    return result
-
-
-def clear_cache():
-    """Forget the cached tables (except those a captured CUDA graph may still read)."""
-    with _LOCK:
-        _CACHE.clear()
-
-
-# ---------------------------------------------------------------------------------- launchers
-def multi_tensor_norm(plan, norm_type, max_norm=None):
-    """Pass 1: the total norm of every tensor of ``plan`` (torch's: the ``norm_type`` norm of the
-    per-tensor norms), a 0-d tensor of ``plan.dtype`` on ``plan.device``; with ``max_norm``, also
-    the clip coefficient (same dtype and device), else None.  Nothing is read back."""
-    p = float(norm_type)
-    kind, p_bits = norm_kind(p), f64_bits(p)
-    out_acc = acc_dtype(plan.dtype)
-    norms = torch.empty(plan.n_tensors, dtype=out_acc, device=plan.device)
-    off = 0
-    for g in plan.groups:
-        acc = acc_dtype(g.dtype)
-        partial = torch.empty(max(g.n_chunks, 1), dtype=acc, device=g.device)
-        if g.n_chunks:
-            _clip_norm_partial_kernel[(g.n_chunks,)](
-                seg_ptr=g.seg, chunk_ptr=g.chunks, partial_ptr=partial, p_bits=p_bits,
-                DTYPE=tl_dtype(g.dtype), ACC=tl_dtype(acc), KIND=kind,
-                CHUNK=plan.chunk, BLOCK=plan.block)
-        same = g.device == plan.device
-        dst = norms[off:off + g.n_tensors] if same else torch.empty(
-            g.n_tensors, dtype=out_acc, device=g.device)
-        _clip_norm_tensor_kernel[(g.n_tensors,)](
-            partial_ptr=partial, range_ptr=g.ranges, norm_ptr=dst, p_bits=p_bits,
-            DTYPE=tl_dtype(g.dtype), ACC=tl_dtype(acc), OUT_ACC=tl_dtype(out_acc), KIND=kind,
-            BLOCK=256)
-        if not same:
-            norms[off:off + g.n_tensors].copy_(dst, non_blocking=True)
-        off += g.n_tensors
-    total = torch.empty((), dtype=plan.dtype, device=plan.device)
-    coef = torch.empty((), dtype=plan.dtype, device=plan.device) if max_norm is not None else None
-    _clip_norm_total_kernel[(1,)](
-        norm_ptr=norms, total_ptr=total, coef_ptr=total if coef is None else coef,
-        n=plan.n_tensors, p_bits=p_bits, max_norm_bits=f64_bits(max_norm or 0.0),
-        eps_bits=f64_bits(EPS), OUT=tl_dtype(plan.dtype), ACC=tl_dtype(out_acc), KIND=kind,
-        HAS_COEF=coef is not None, BLOCK=1024)
-    return total, coef
-
-
-def clip_coefficient(total, max_norm):
-    """``clamp(max_norm / (total + 1e-6), max=1)`` for a 0-d floating ``total`` (kernel dtypes),
-    with torch's roundings, on total's device."""
-    coef = torch.empty((), dtype=total.dtype, device=total.device)
-    _clip_coef_kernel[(1,)](
-        total_ptr=total, coef_ptr=coef, max_norm_bits=f64_bits(max_norm), eps_bits=f64_bits(EPS),
-        OUT=tl_dtype(total.dtype), ACC=tl_dtype(acc_dtype(total.dtype)))
-    return coef
-
-
-def multi_tensor_scale_(plan, coef):
-    """Pass 2: multiply every tensor of ``plan`` in place by the 0-d device tensor ``coef``
-    (one launch per (device, dtype); the product is computed in fp32, fp64 for fp64)."""
-    if plan.overlapping:
-        raise RuntimeError("multi_tensor_scale_: a tensor has internally overlapping memory")
-    for g in plan.groups:
-        if not g.n_chunks:
-            continue
-        c = coef if coef.device == g.device else coef.to(g.device, non_blocking=True)
-        _clip_scale_kernel[(g.n_chunks,)](
-            seg_ptr=g.seg, chunk_ptr=g.chunks, coef_ptr=c,
-            DTYPE=tl_dtype(g.dtype), ACC=tl_dtype(acc_dtype(g.dtype)),
-            CHUNK=plan.chunk, BLOCK=plan.block)
+        base, nd, s1, s2, s3, t0, t1, t2, t3 = _layout(seg, DTYPE)
+        for off in range(start, stop, BLOCK):
+            idx = off + lanes.to(tl.int64)
+            mask = idx < stop
+            ptrs = base + _offsets(idx, nd, s1, s2, s3, t0, t1, t2, t3)
+            x = tl.load(ptrs, mask=mask).to(ACC)
+            tl.store(ptrs, _round(x * coef, DTYPE), mask=mask)

@@ -11,7 +11,9 @@ import torch
 from tolerances import TOL
 
 import fastcells
-from fastcells.kernels import clip as kclip
+from fastcells.kernels import clip_plan as kclip
+from fastcells.kernels import clip as kernels
+from fastcells.kernels import clip_launch as klaunch
 
 f64, f32, f16, bf16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 INF = math.inf
@@ -303,6 +305,39 @@ def test_invalid_arguments_error_as_torch(backend, device):
         fastcells.clip_grad_norm_(params, 1.0, backend="cudnn")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_none_in_tensor_list_errors_as_torch(backend, device):
+    t = torch.ones(3, device=device)
+    same_error(lambda: fastcells.get_total_norm([t, None], backend=backend),
+               lambda: torch.nn.utils.get_total_norm([t, None]), RuntimeError)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("foreach", [None, True])
+def test_clip_grads_with_1d_total_errors_as_torch(foreach, backend, device):
+    """A one-element 1-d total_norm: torch's foreach scale refuses it (and leaves the grads)."""
+    params = make_params(CASES["fp32-odd"], device)
+    before = [p.grad.clone() for p in params]
+    total = torch.tensor([2.0], device=device)
+    same_error(lambda: fastcells.clip_grads_with_norm_(params, 1.0, total, foreach,
+                                                       backend=backend),
+               lambda: torch.nn.utils.clip_grads_with_norm_(params, 1.0, total, foreach),
+               RuntimeError)
+    assert all(torch.equal(p.grad, b) for p, b in zip(params, before))
+
+
+def test_unknown_backend_errors_without_gradients(device):
+    """The backend name is checked before anything else, even with nothing to clip."""
+    params = make_params([((3,), f32, "none")], device)
+    for call in (lambda: fastcells.clip_grad_norm_(params, 1.0, backend="cudnn"),
+                 lambda: fastcells.clip_grad_norm_([], 1.0, backend="cudnn"),
+                 lambda: fastcells.get_total_norm([], backend="cudnn"),
+                 lambda: fastcells.clip_grads_with_norm_(params, 1.0, torch.tensor(1.0),
+                                                         backend="cudnn")):
+        with pytest.raises(ValueError, match="unknown fastcells backend 'cudnn'"):
+            call()
+
+
 @pytest.mark.parametrize("backend", FUSED)
 def test_overlapping_grad_errors_as_torch_untouched(backend, device):
     specs = [((4, 3), f32, "c"), ((5,), f32, "c")]
@@ -323,6 +358,7 @@ def test_backend_choice(backend, monkeypatch, device):
     """use_backend picks the implementation: triton builds the kernels' tables, native calls
     torch's own function, reference neither; auto is triton on CUDA, native otherwise."""
     calls = []
+    kclip.clear_cache()                  # a cached plan would skip the (patched) builder
     plan, native = kclip.plan, torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(kclip, "plan", lambda *a, **k: calls.append("triton") or plan(*a, **k))
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
@@ -382,12 +418,37 @@ def test_multi_chunk_reduction(dtype, norm_type, device):
     grads = grads_of(make_params(specs, device))
     plan = kclip.plan(grads, chunk=48, block=16)
     assert plan.groups[0].n_chunks > len(grads) + 4
-    total, coef = kclip.multi_tensor_norm(plan, norm_type, 0.25)
+    total, coef = klaunch.multi_tensor_norm(plan, norm_type, 0.25)
     assert_same_tensor(total, torch.nn.utils.get_total_norm(grads, norm_type))
     before = [g.clone() for g in grads]
-    kclip.multi_tensor_scale_(plan, coef)
+    klaunch.multi_tensor_scale_(plan, coef)
     for g, b in zip(grads, before):
         torch.testing.assert_close(g, (b.to(coef.dtype) * coef).to(dtype), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [f64, f32, f16, bf16])
+def test_dense_views_at_odd_offsets(dtype, device):
+    """Dense gradients at offsets that are not 16-byte aligned (FSDP2's shards are views of one
+    flat buffer): a general segment for the few elements before the first aligned one, then the
+    vectorised CONTIG path in full blocks and a tail, over several chunks."""
+    gen = torch.Generator().manual_seed(3)
+    flat = torch.randn(700, generator=gen).to(device, dtype)
+    grads = [flat[1:150], flat[150:153], flat[153:154], flat[160:331].view(9, 19), flat[331:]]
+    plan = kclip.plan(grads, chunk=48, block=16)
+    rows = plan.groups[0].seg
+    contig = rows[:, kernels.Seg.CONTIG] == 1
+    assert contig.any() and not contig.all()           # both paths run
+    assert (rows[contig, kernels.Seg.ADDR] % kernels.ALIGN == 0).all()
+    for p in (2.0, -INF, 0.5):
+        total, _ = klaunch.multi_tensor_norm(plan, p)
+        assert_same_tensor(total, torch.nn.utils.get_total_norm(grads, p))
+    before = flat.clone()
+    coef = torch.tensor(0.37, dtype=dtype, device=device)
+    klaunch.multi_tensor_scale_(plan, coef)
+    expected = before * coef
+    for gap in (slice(0, 1), slice(154, 160)):          # in no gradient: untouched
+        expected[gap] = before[gap]
+    torch.testing.assert_close(flat, expected, rtol=0, atol=0)
 
 
 def _random_view(gen, device, dtype):
@@ -410,13 +471,13 @@ def test_random_layouts(dtype, device):
     grads.append(torch.randn(3, 1, generator=gen).to(device, dtype).expand(3, 4))  # overlapping
     plan = kclip.plan(grads, chunk=32, block=16)
     for p in (2.0, INF, -1.5):
-        total, _ = kclip.multi_tensor_norm(plan, p)
+        total, _ = klaunch.multi_tensor_norm(plan, p)
         assert_same_tensor(total, torch.nn.utils.get_total_norm(grads, p))
     grads = grads[:-1]                                   # scaling needs distinct elements
     plan = kclip.plan(grads, chunk=32, block=16)
     before = [g.clone() for g in grads]
     coef = torch.tensor(0.37, dtype=dtype, device=device)
-    kclip.multi_tensor_scale_(plan, coef)
+    klaunch.multi_tensor_scale_(plan, coef)
     for g, b in zip(grads, before):
         torch.testing.assert_close(g, b * coef, rtol=0, atol=0)
 
@@ -534,13 +595,13 @@ def test_no_host_sync_guard_catches_readbacks(monkeypatch, device):
     with pytest.raises(_sync_error(device)):
         with no_host_sync(monkeypatch, device):
             fastcells.clip_grad_norm_(params, 0.5, error_if_nonfinite=True, backend="triton")
-    scale = kclip.multi_tensor_scale_
+    scale = klaunch.multi_tensor_scale_
 
     def planted(plan, coef):
         if coef.item() < 1.0:
             scale(plan, coef)
 
-    monkeypatch.setattr(kclip, "multi_tensor_scale_", planted)
+    monkeypatch.setattr(klaunch, "multi_tensor_scale_", planted)
     with pytest.raises(_sync_error(device)):
         with no_host_sync(monkeypatch, device):
             fastcells.clip_grad_norm_(params, 0.5, backend="triton")

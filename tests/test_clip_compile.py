@@ -14,7 +14,7 @@ import torch._dynamo.testing
 from tolerances import TOL
 
 import fastcells
-from fastcells.kernels import clip as kclip
+from fastcells.kernels import clip_plan as kclip
 
 f64, f32, f16, bf16 = torch.float64, torch.float32, torch.float16, torch.bfloat16
 _raw_empty = torch.empty                  # before the NaN-poison fixture patches it

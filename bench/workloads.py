@@ -34,14 +34,13 @@ from torch import nn
 import fastcells
 from fastcells import reference
 from fastcells.backend import interpreter_enabled
+from fastcells.modules import TORCH_CLASSES, TWINS
 
 from .cases import CellCase, ClipCase, LayerCase
 
 MAX_NORM = 1.0
-TORCH_LAYER = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-FAST_LAYER = {"lstm": fastcells.LSTM, "gru": fastcells.GRU, "rnn": fastcells.RNN}
-TORCH_CELL = {"lstm": nn.LSTMCell, "gru": nn.GRUCell, "rnn": nn.RNNCell}
-FAST_CELL = {"lstm": fastcells.LSTMCell, "gru": fastcells.GRUCell, "rnn": fastcells.RNNCell}
+TORCH_LAYER = {mode: classes[0] for mode, classes in TORCH_CLASSES.items()}
+TORCH_CELL = {mode: classes[1] for mode, classes in TORCH_CLASSES.items()}
 
 
 @dataclass
@@ -156,7 +155,7 @@ def _layer(case, impl, dtype, device):
     if impl in ("native", "fastcells", "reference"):
         net = base
         if impl != "native":
-            net = FAST_LAYER[mode](case.I, case.H, num_layers=case.layers,
+            net = TWINS[TORCH_LAYER[mode]](case.I, case.H, num_layers=case.layers,
                                    bidirectional=case.bidirectional,
                                    backend="triton" if impl == "fastcells" else "reference")
             net = net.to(device=device, dtype=dtype)
@@ -198,7 +197,7 @@ def _cell(case, impl, dtype, device):
     if impl in ("native", "fastcells", "reference"):
         net = base
         if impl != "native":
-            net = FAST_CELL[mode](case.I, case.H,
+            net = TWINS[TORCH_CELL[mode]](case.I, case.H,
                                   backend="triton" if impl == "fastcells" else "reference")
             net = net.to(device=device, dtype=dtype)
             net.load_state_dict(base.state_dict())

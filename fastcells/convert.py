@@ -5,11 +5,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .backend import _check_name
-from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, twin
+from .modules import TWINS, twin
 
-_TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN,
-          nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
-_FASTCELLS = tuple(_TWINS.values())
+_FASTCELLS = tuple(TWINS.values())
 _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 
 
@@ -48,8 +46,8 @@ def _convert(module, backend, memo, skipped, path):
     if id(module) in memo:
         return memo[id(module)]
     cls = _torch_type(module)
-    if cls in _TWINS:
-        new = memo[id(module)] = twin(module, _TWINS[cls], backend)
+    if cls in TWINS:
+        new = memo[id(module)] = twin(module, TWINS[cls], backend)
         return new
     memo[id(module)] = module
     if isinstance(module, _RECURRENT) and not isinstance(module, _FASTCELLS):

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fastcells
+from fastcells.modules import TORCH_CLASSES, TWINS
 from fastcells import diagnostics
 from fastcells.backend import BACKENDS, resolve
 
@@ -166,14 +167,10 @@ class AddingModel(nn.Module):
 
     def __init__(self, cell, hidden_size=HIDDEN_SIZE, nonlinearity="tanh"):
         super().__init__()
-        if cell == "rnn":
-            self.rnn = fastcells.RNN(2, hidden_size, nonlinearity=nonlinearity)
-        elif cell == "lstm":
-            self.rnn = fastcells.LSTM(2, hidden_size)
-        elif cell == "gru":
-            self.rnn = fastcells.GRU(2, hidden_size)
-        else:
+        if cell not in TORCH_CLASSES:
             raise ValueError(f"unknown cell {cell!r}; expected one of {', '.join(CELLS)}")
+        extra = dict(nonlinearity=nonlinearity) if cell == "rnn" else {}
+        self.rnn = TWINS[TORCH_CLASSES[cell][0]](2, hidden_size, **extra)
         self.head = nn.Linear(hidden_size, 1)
 
     def read_out(self, output):

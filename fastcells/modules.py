@@ -274,4 +274,11 @@ class RNNCell(_Cell, nn.RNNCell):
         return h if is_batched else h.squeeze(0)
 
 
+# The one torch -> fastcells class map: convert(), the tests, the benchmarks and the demo read it.
+TWINS = {nn.LSTM: LSTM, nn.GRU: GRU, nn.RNN: RNN,
+         nn.LSTMCell: LSTMCell, nn.GRUCell: GRUCell, nn.RNNCell: RNNCell}
+# torch's (layer, cell) classes by family name.
+TORCH_CLASSES = {"lstm": (nn.LSTM, nn.LSTMCell), "gru": (nn.GRU, nn.GRUCell),
+                 "rnn": (nn.RNN, nn.RNNCell)}
+
 _dynamo_support.install((LSTM, GRU, RNN))

@@ -2,20 +2,13 @@
 import torch
 from torch import nn
 
-import fastcells
+from fastcells.modules import TORCH_CLASSES, TWINS
 
-KINDS = {
-    "lstm": (nn.LSTM, fastcells.LSTM, {}),
-    "gru": (nn.GRU, fastcells.GRU, {}),
-    "rnn_tanh": (nn.RNN, fastcells.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNN, fastcells.RNN, {"nonlinearity": "relu"}),
-}
-CELLS = {
-    "lstm": (nn.LSTMCell, fastcells.LSTMCell, {}),
-    "gru": (nn.GRUCell, fastcells.GRUCell, {}),
-    "rnn_tanh": (nn.RNNCell, fastcells.RNNCell, {"nonlinearity": "tanh"}),
-    "rnn_relu": (nn.RNNCell, fastcells.RNNCell, {"nonlinearity": "relu"}),
-}
+# mode -> (torch class, fastcells class, constructor keywords), from fastcells' one class map
+_MODES = {"lstm": ("lstm", {}), "gru": ("gru", {}), "rnn_tanh": ("rnn", {"nonlinearity": "tanh"}),
+          "rnn_relu": ("rnn", {"nonlinearity": "relu"})}
+KINDS = {m: (TORCH_CLASSES[f][0], TWINS[TORCH_CLASSES[f][0]], kw) for m, (f, kw) in _MODES.items()}
+CELLS = {m: (TORCH_CLASSES[f][1], TWINS[TORCH_CLASSES[f][1]], kw) for m, (f, kw) in _MODES.items()}
 
 
 def twins(table, kind, *args, backend, dtype=torch.float64, device="cpu", seed=0, **kw):

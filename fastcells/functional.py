@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from . import reference
 from .backend import resolve
 from .rnn_ops import recurrent_layer
+from .weights import LayerWeights
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -21,10 +22,9 @@ def _check_mode(mode):
         raise ValueError(f"unknown recurrent mode {mode!r}; expected one of {', '.join(MODES)}")
 
 
-def _layer(backend, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr):
-    if backend == "triton":
-        return recurrent_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
-    return reference.layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+def _layer(backend, mode, x, h0, c0, weights, batch_sizes):
+    layer = recurrent_layer if backend == "triton" else reference.layer
+    return layer(mode, x, h0, c0, weights, batch_sizes)
 
 
 # --------------------------------------------------------------------------------- autocast
@@ -123,13 +123,12 @@ def _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training, 
         outs = []
         for d in range(D):
             k = layer * D + d
-            w = list(weights[k * per:(k + 1) * per])
-            w_ih, w_hh = w[0], w[1]
-            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
-            w_hr = w[-1] if proj_size > 0 else None
+            w = weights[k * per:(k + 1) * per]  # torch's _flat_weights order
+            lw = LayerWeights(w[0], w[1], *((w[2], w[3]) if bias else (None, None)),
+                              w[-1] if proj_size > 0 else None)
             xin = _reverse(x, rev) if d == 1 else x
-            y, hn, cn = _layer(be, mode, xin, h0[k], None if c0 is None else c0[k],
-                               w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+            y, hn, cn = _layer(be, mode, xin, h0[k], None if c0 is None else c0[k], lw,
+                               batch_sizes)
             outs.append(_reverse(y, rev) if d == 1 else y)
             hns.append(hn)
             cns.append(cn)
@@ -189,7 +188,7 @@ def _fused_or_reference_cell(be, mode, input, h, c, w_ih, w_hh, b_ih, b_hh):
             return reference.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh)
         return reference.rnn_cell(input, h, w_ih, w_hh, b_ih, b_hh, mode[4:])
     # A cell is a one-step layer: the same fused kernels and Function.
-    _, hn, cn = recurrent_layer(mode, input[None], h, c, w_ih, w_hh, b_ih, b_hh)
+    _, hn, cn = recurrent_layer(mode, input[None], h, c, LayerWeights(w_ih, w_hh, b_ih, b_hh))
     return (hn, cn) if mode == "lstm" else hn
 
 

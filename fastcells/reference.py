@@ -39,12 +39,14 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
 
 
-def layer(mode, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, batch_sizes=None, w_hr=None):
-    """One layer, one direction over x (T, B, I) from h0 (B, K) (and c0 (B, H) for the LSTM).
+def layer(mode, x, h0, c0, weights, batch_sizes=None):
+    """One layer, one direction over x (T, B, I) from h0 (B, K) (and c0 (B, H) for the LSTM),
+    with ``weights`` a :class:`fastcells.weights.LayerWeights` (w_ih, w_hh, b_ih, b_hh, w_hr).
 
     ``mode`` is 'lstm', 'gru', 'rnn_tanh' or 'rnn_relu'.  With ``batch_sizes`` (rows active at
     each step, decreasing), ended rows keep their state and get zero output.
     Returns (y (T, B, K), h_n, c_n or None)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
     h, c = h0, c0
     ys = []
     for t in range(x.shape[0]):

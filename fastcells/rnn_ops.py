@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import reference
 from .kernels.common import acc_dtype
+from .weights import LayerWeights
 from .kernels.recurrence import CELLS, layer_backward_steps, layer_forward, layer_grads
 
 
@@ -37,7 +38,7 @@ def _or_empty(t, like):
 
 
 def _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
-    y, cs, saved, m = layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0, batch_sizes, w_hr)
+    y, cs, saved, m = layer_forward(mode, x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes)
     return y, _or_empty(cs, x), _or_empty(saved, x), _or_empty(m, x)
 
 
@@ -59,7 +60,8 @@ def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     wanted = [t is not None and t.requires_grad for t in inputs]
     with torch.enable_grad():
-        y, _, cn = reference.layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, batch_sizes, w_hr)
+        y, _, cn = reference.layer(mode, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
+                                   batch_sizes)
         outs, gouts = [y], [dy]
         if cn is not None and dcn is not None:
             outs.append(cn)
@@ -235,8 +237,9 @@ class RNNLayerBackward(_Function):
 
             def layer(*ins):
                 x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _placed(full[:8], ins)
-                y, _, cn = reference.layer(ctx.mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
-                                           batch_sizes=ctx.batch_sizes, w_hr=w_hr)
+                y, _, cn = reference.layer(ctx.mode, x, h0, c0,
+                                           LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
+                                           ctx.batch_sizes)
                 return (y, cn) if dcn is not None else (y,)
             _, pullback = torch.func.vjp(layer, *args[:n_in])
             return pullback((dy, dcn) if dcn is not None else (dy,))
@@ -363,11 +366,11 @@ def _op_backward(ctx, dy, dcs, _dsaved, _dm):
 rnn_layer.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
-def recurrent_layer(mode, x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None,
-                    batch_sizes=None):
+def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     """One layer, one direction on the fused kernels: returns (y (T, B, K), h_n, c_n or None).
     Eager calls take the autograd Function; torch.compile and torch.jit.trace record the custom
     op (a trace records ops, and the Function's kernels are none)."""
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
     args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         y, cs, _, _ = torch.ops.fastcells.rnn_layer(*args)

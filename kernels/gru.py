@@ -35,17 +35,17 @@ def gru_cell(acc_r, acc_z, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, cols, mc, H,
 
 
 @triton.jit
-def gru_cell_grad(dh, r, z, n, h_n, hp, n_ptr, t, rows, HAS_LENGTHS: tl.constexpr):
+def gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows, HAS_BATCH_SIZES: tl.constexpr):
     """The gradients of one GRU update from dL/dh_t (recurrence included): (d_r, d_z, d_npre,
     d_hn, carry), carry = dL/dh_{t-1} through z; rows whose sequence has ended at t
-    (HAS_LENGTHS) get zero gate gradients and pass dh on in ``carry``."""
+    (HAS_BATCH_SIZES) get zero gate gradients and pass dh on in ``carry``."""
     d_npre = dh * (1.0 - z) * (1.0 - n * n)
     d_hn = d_npre * r
     d_r = d_npre * h_n * r * (1.0 - r)
     d_z = dh * (hp - n) * z * (1.0 - z)
     carry = dh * z
-    if HAS_LENGTHS:
-        active = (rows < tl.load(n_ptr + t))[:, None]
+    if HAS_BATCH_SIZES:
+        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
         d_npre = tl.where(active, d_npre, 0.0)
         d_hn = tl.where(active, d_hn, 0.0)
         d_r = tl.where(active, d_r, 0.0)
@@ -68,9 +68,9 @@ def _gru_fwd_step_kernel(
     cs_ptr,    # unused by the GRU
     out_ptr,   # (T, B, H) where h_t goes (y)
     saved_ptr,  # (T, B, 4H) r, z, n and hn = h W_hn^T + b_hn for the backward pass
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     t, B, H, K, I,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -102,8 +102,8 @@ def _gru_fwd_step_kernel(
     hp = load_tile(h_prev, rows, cols, H, mr, mc, ACC)
     r, z, n, h_n, h = gru_cell(acc_r, acc_z, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, cols, mc, H,
                                HAS_BIAS, ACC)
-    if HAS_LENGTHS:
-        h = tl.where((rows < tl.load(n_ptr + t))[:, None], h, hp)
+    if HAS_BATCH_SIZES:
+        h = tl.where((rows < tl.load(batch_sizes_ptr + t))[:, None], h, hp)
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
     saved_t = saved_ptr + t64 * B * 4 * H
     store_tile(saved_t, r, rows, cols, 4 * H, mr, mc)
@@ -126,9 +126,9 @@ def _gru_bwd_step_kernel(
     dgh_ptr,   # (T, B, 3H) out: dL/d(h-side pre-activations) r, z, hn; slot t+1 read back
     carry_ptr,  # (B, H) ACC out: dL/dh_{t-1} through z (and through ended rows); read for t < T-1
     dc_ptr,    # unused by the GRU
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     t, T, B, H, K,
-    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -146,8 +146,8 @@ def _gru_bwd_step_kernel(
     n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
     h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
     hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
-    d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, n_ptr, t, rows,
-                                                  HAS_LENGTHS)
+    d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows,
+                                                  HAS_BATCH_SIZES)
     dgx_t = dgx_ptr + t64 * B * G
     dgh_t = dgh_ptr + t64 * B * G
     store_tile(dgx_t, d_r, rows, cols, G, mr, mc)

@@ -39,10 +39,10 @@ def lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev, b_ih_ptr, b_hh_ptr, cols, mc, 
 
 
 @triton.jit
-def lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, n_ptr, t, rows, HAS_LENGTHS: tl.constexpr):
+def lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, batch_sizes_ptr, t, rows, HAS_BATCH_SIZES: tl.constexpr):
     """The gradients of one LSTM update from dL/dh_t (recurrence included) and dL/dc_t:
     (d_i, d_f, d_g, d_o pre-activation gradients, dL/dc_{t-1}, carry).  Rows whose sequence has
-    ended at t (HAS_LENGTHS) get zero gate gradients and pass dh on in ``carry`` and dc_t on."""
+    ended at t (HAS_BATCH_SIZES) get zero gate gradients and pass dh on in ``carry`` and dc_t on."""
     tc = tanh(c)
     dc = dc_in + dh * o * (1.0 - tc * tc)
     d_i = dc * g * i * (1.0 - i)
@@ -51,8 +51,8 @@ def lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, n_ptr, t, rows, HAS_LENGTHS
     d_o = dh * tc * o * (1.0 - o)
     dc_prev = dc * f
     carry = tl.zeros_like(dh)
-    if HAS_LENGTHS:
-        active = (rows < tl.load(n_ptr + t))[:, None]
+    if HAS_BATCH_SIZES:
+        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
         d_i = tl.where(active, d_i, 0.0)
         d_f = tl.where(active, d_f, 0.0)
         d_g = tl.where(active, d_g, 0.0)
@@ -76,9 +76,9 @@ def _lstm_fwd_step_kernel(
     cs_ptr,    # (T, B, H) cell states c_t (written), slot t-1 read as c_{t-1}
     out_ptr,   # (T, B, H) where h_t goes: y itself, or m_t = o tanh(c_t) when PROJ
     saved_ptr,  # (T, B, 4H) activated gates i, f, g, o for the backward pass
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS: packed sequences)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES: packed sequences)
     t, B, H, K, I,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -113,9 +113,9 @@ def _lstm_fwd_step_kernel(
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
     i, f, g, o, c, h = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev, b_ih_ptr, b_hh_ptr, cols, mc,
                                  H, HAS_BIAS, ACC)
-    if HAS_LENGTHS:
+    if HAS_BATCH_SIZES:
         # Finished sequences keep their state, so slot T-1 holds each one's own final state.
-        active = (rows < tl.load(n_ptr + t))[:, None]
+        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
         c = tl.where(active, c, c_prev)
         if PROJ:
             h = tl.where(active, h, 0.0)
@@ -132,8 +132,8 @@ def _lstm_fwd_step_kernel(
 
 @triton.jit(do_not_specialize=["t"])
 def _lstm_bwd_step_kernel(
-    dy_ptr,    # (T, B, H) dL/dh_t from the output (dL/dm_t, recurrence included, when PRE)
-    w_ptr,     # (4H, H) W_hh (read unless PRE)
+    dy_ptr,    # (T, B, H) dL/dh_t from the output (dL/dm_t, recurrence included, when PROJ)
+    w_ptr,     # (4H, H) W_hh (read unless PROJ)
     saved_ptr,  # (T, B, 4H) activated gates from the forward pass
     h0_ptr,    # unused by the LSTM (the uniform step signature)
     y_ptr,     # unused by the LSTM
@@ -144,9 +144,9 @@ def _lstm_bwd_step_kernel(
     dgh_ptr,   # unused by the LSTM (same as dgx)
     carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended (read for t < T-1)
     dc_ptr,    # (B, H) ACC: dL/dc_{t-1} out, read back as dL/dc_t by the next step
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     t, T, B, H, K,
-    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -154,7 +154,7 @@ def _lstm_bwd_step_kernel(
     t64 = t.to(tl.int64)
     G = 4 * H
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if not PRE:
+    if not PROJ:
         if t + 1 < T:
             dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
             dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
@@ -172,13 +172,13 @@ def _lstm_bwd_step_kernel(
     o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
     c = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
-    d_i, d_f, d_g, d_o, dc_prev, carry = lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, n_ptr, t,
-                                                        rows, HAS_LENGTHS)
+    d_i, d_f, d_g, d_o, dc_prev, carry = lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, batch_sizes_ptr, t,
+                                                        rows, HAS_BATCH_SIZES)
     dg_t = dgx_ptr + t64 * B * G
     store_tile(dg_t, d_i, rows, cols, G, mr, mc)
     store_tile(dg_t, d_f, rows, cols + H, G, mr, mc)
     store_tile(dg_t, d_g, rows, cols + 2 * H, G, mr, mc)
     store_tile(dg_t, d_o, rows, cols + 3 * H, G, mr, mc)
     store_tile(dc_ptr, dc_prev, rows, cols, H, mr, mc)
-    if not PRE:
+    if not PROJ:
         store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

@@ -79,17 +79,19 @@ def _stream_key(dev):
     return threading.get_ident(), stream
 
 
-def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None, w_hr=None):
+def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     """One layer, one direction.
 
-    x (T, B, I); w_ih (G*H, I); w_hh (G*H, K); b_ih, b_hh (G*H,) or None; h0 (B, K);
-    c0 (B, H) for the LSTM; batch_sizes (T,) rows active per step or None; w_hr (K, H) the LSTM
-    projection or None (then K == H).
+    x (T, B, I); h0 (B, K); c0 (B, H) for the LSTM (else None); ``weights`` (w_ih, w_hh, b_ih,
+    b_hh, w_hr), fastcells' LayerWeights or any sequence in that order: w_ih (G*H, I); w_hh
+    (G*H, K); b_ih, b_hh (G*H,) or None; w_hr (K, H) the LSTM projection or None (then K == H);
+    batch_sizes (T,) rows active per step or None.
     Returns (y, cs, saved, m): y (T, B, K) the outputs (slot T-1 is every row's final state);
     cs (T, B, H) the LSTM's cell states, in the accumulation dtype (in x's dtype for a single
     step, which returns it as is), else None; saved the per-step gates the backward pass reads
     (None for the RNN); m (T, B, H) the LSTM's pre-projection output when projected (else None).
     """
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
     spec = CELLS[mode]
     check_dtype(x.dtype)
     T, B, I = x.shape
@@ -97,8 +99,8 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
     H = GH // spec.gates
     dev, dt = x.device, x.dtype
     has_bias, proj = b_ih is not None, w_hr is not None
-    rows_dev, rows_host = _active_rows(batch_sizes, dev)
-    fuse_x = T == 1 and rows_dev is None and not proj
+    batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, dev)
+    fuse_x = T == 1 and batch_sizes_dev is None and not proj
     w = w_hh.contiguous()
     inputs = dict(w=w, h0=h0.contiguous())
     if fuse_x:
@@ -124,7 +126,7 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
 
     def steps(b):
         if path == "resident":   # the whole time loop in one launch (kernels/resident.py)
-            resident_forward(mode, b, T, B, H, K, rows_dev, has_bias)
+            resident_forward(mode, b, T, B, H, K, batch_sizes_dev, has_bias)
             return
         y = b["y"]
         if B == 0:
@@ -139,17 +141,17 @@ def layer_forward(mode, x, w_ih, w_hh, b_ih, b_hh, h0, c0=None, batch_sizes=None
                 xp_ptr=xp, x_ptr=b.get("x", w), w_ih_ptr=b.get("w_ih", w), w_ptr=b["w"],
                 b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
                 c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=cs, out_ptr=m if proj else y,
-                saved_ptr=b.get("saved", y), n_ptr=rows_dev if rows_dev is not None else y,
-                t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_LENGTHS=rows_dev is not None,
+                saved_ptr=b.get("saved", y), batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
+                t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
                 PROJ=proj, FUSE_X=fuse_x, **meta, **spec.extra,
             )
             if proj:
                 torch.mm(m[t], b["w_hr_t"], out=y[t])
-                if rows_host is not None and rows_host[t] < B:
-                    y[t, rows_host[t]:] = (b["h0"] if t == 0 else y[t - 1])[rows_host[t]:]
+                if batch_sizes_host is not None and batch_sizes_host[t] < B:
+                    y[t, batch_sizes_host[t]:] = (b["h0"] if t == 0 else y[t - 1])[batch_sizes_host[t]:]
 
     key = None
-    if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
+    if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
         key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
@@ -168,7 +170,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
     ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype."""
     spec = CELLS[mode]
-    rows_dev, rows_host = _active_rows(batch_sizes, y.device)
+    batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, y.device)
     T, B, K = y.shape
     GH = w_hh.shape[0]
     H = GH // spec.gates
@@ -200,7 +202,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
 
     def steps(b):
         if path == "resident":
-            resident_backward(mode, b, T, B, H, K, rows_dev)
+            resident_backward(mode, b, T, B, H, K, batch_sizes_dev)
             return
         carry, dc, dgx = b["carry"], b.get("dc"), b["dgx"]
         dgh = b.get("dgh", dgx)
@@ -215,19 +217,19 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
             carry.zero_()
         for t in range(T - 1, -1, -1):
             if proj:
-                _projected_dh(b, t, T, B, rows_host)
+                _projected_dh(b, t, T, B, batch_sizes_host)
             spec.bwd[grid](
                 dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
                 saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
                 c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
                 dgx_ptr=dgx, dgh_ptr=dgh, carry_ptr=carry, dc_ptr=carry if dc is None else dc,
-                n_ptr=dgx if rows_dev is None else rows_dev, t=t, T=T, B=B, H=H, K=K,
-                HAS_LENGTHS=rows_dev is not None, PRE=proj, HAS_DCN=has_dcn,
+                batch_sizes_ptr=dgx if batch_sizes_dev is None else batch_sizes_dev, t=t, T=T, B=B, H=H, K=K,
+                HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, HAS_DCN=has_dcn,
                 **meta, **spec.extra,
             )
 
     key = None
-    if _graphable(T, rows_dev, proj) and cuda_graph.enabled(dev):
+    if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
         key = ("bwd", path, mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
     b = cuda_graph.run(key, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
@@ -285,7 +287,7 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
-def _projected_dh(b, t, T, B, rows_host):
+def _projected_dh(b, t, T, B, batch_sizes_host):
     """dL/dm_t for the projected LSTM: the projection breaks the per-tile fusion of dh, so the
     two small matmuls run here; rows whose sequence has ended pass dh on through ``carry``."""
     carry = b["carry"]
@@ -293,8 +295,8 @@ def _projected_dh(b, t, T, B, rows_host):
     if t + 1 < T:
         dh += b["dgx"][t + 1].to(carry.dtype) @ b["w_acc"]
     carry.zero_()
-    if rows_host is not None and rows_host[t] < B:
-        carry[rows_host[t]:] = dh[rows_host[t]:]
-        dh[rows_host[t]:] = 0
+    if batch_sizes_host is not None and batch_sizes_host[t] < B:
+        carry[batch_sizes_host[t]:] = dh[batch_sizes_host[t]:]
+        dh[batch_sizes_host[t]:] = 0
     b["dhs"][t] = dh
     torch.mm(dh, b["w_hr_acc"], out=b["dm"][t])

@@ -107,8 +107,8 @@ def _gate_in_rec(xp_t, h_prev, w_ptr, gate, rows, cols, mr, mc, G, H, ACC: tl.co
 
 
 @triton.jit
-def _active(n_ptr, t, rows):
-    return (rows < tl.load(n_ptr + t))[:, None]
+def _active(batch_sizes_ptr, t, rows):
+    return (rows < tl.load(batch_sizes_ptr + t))[:, None]
 
 
 # ----------------------------------------------------------------------------- forward
@@ -123,9 +123,9 @@ def _lstm_fwd_resident_kernel(
     y_ptr,     # (T, B, H) out: h_t; slot t-1 read back as h_{t-1}
     cs_ptr,    # (T, B, H) ACC out: c_t
     saved_ptr,  # (T, B, 4H) out: activated gates i, f, g, o
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     T, B, H,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -148,8 +148,8 @@ def _lstm_fwd_resident_kernel(
                              PRECISION, BLOCK_K)
         i, f, g, o, c_new, h_new = lstm_cell(acc_i, acc_f, acc_g, acc_o, c, b_ih_ptr, b_hh_ptr,
                                              cols, mc, H, HAS_BIAS, ACC)
-        if HAS_LENGTHS:
-            active = _active(n_ptr, t, rows)
+        if HAS_BATCH_SIZES:
+            active = _active(batch_sizes_ptr, t, rows)
             c_new = tl.where(active, c_new, c)
             h_new = tl.where(active, h_new, h)
         c = c_new
@@ -176,9 +176,9 @@ def _gru_fwd_resident_kernel(
     y_ptr,     # (T, B, H) out: h_t; slot t-1 read back as h_{t-1}
     cs_ptr,    # unused
     saved_ptr,  # (T, B, 4H) out: r, z, n and hn = h W_hn^T + b_hn
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     T, B, H,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -200,8 +200,8 @@ def _gru_fwd_resident_kernel(
                         rows, cols, mr, mc, H, UPCAST, PRECISION, BLOCK_K)
         r, z, n, h_n, h_new = gru_cell(acc_r, acc_z, x_n, h_n, h, b_ih_ptr, b_hh_ptr, cols, mc,
                                        H, HAS_BIAS, ACC)
-        if HAS_LENGTHS:
-            h_new = tl.where(_active(n_ptr, t, rows), h_new, h)
+        if HAS_BATCH_SIZES:
+            h_new = tl.where(_active(batch_sizes_ptr, t, rows), h_new, h)
         h = h_new.to(y_ptr.dtype.element_ty).to(ACC)
         store_tile(y_ptr + t * sh, h, rows, cols, H, mr, mc)
         saved_t = saved_ptr + t * ss
@@ -223,9 +223,9 @@ def _rnn_fwd_resident_kernel(
     y_ptr,     # (T, B, H) out: h_t; slot t-1 read back as h_{t-1}
     cs_ptr,    # unused
     saved_ptr,  # unused: the backward pass needs only h_t
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     T, B, H,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
@@ -238,8 +238,8 @@ def _rnn_fwd_resident_kernel(
         acc = _gate_in_rec(xp_ptr + t * sh, h_prev, w_ptr, 0, rows, cols, mr, mc, H, H, ACC,
                            UPCAST, PRECISION, BLOCK_K)
         h_new = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
-        if HAS_LENGTHS:
-            h_new = tl.where(_active(n_ptr, t, rows), h_new, h)
+        if HAS_BATCH_SIZES:
+            h_new = tl.where(_active(batch_sizes_ptr, t, rows), h_new, h)
         h = h_new.to(y_ptr.dtype.element_ty).to(ACC)
         store_tile(y_ptr + t * sh, h, rows, cols, H, mr, mc)
         tl.debug_barrier()
@@ -271,9 +271,9 @@ def _lstm_bwd_resident_kernel(
     dgh_ptr,   # unused (same as dgx)
     carry_ptr,  # (B, H) ACC out: dL/dh_{-1} passed through rows ended at step 0
     dc_ptr,    # (B, H) ACC out: dL/dc_{-1}
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     T, B, H,
-    HAS_LENGTHS: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -297,8 +297,8 @@ def _lstm_bwd_resident_kernel(
         o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
         c = load_tile(cs_ptr + t * sh, rows, cols, H, mr, mc, ACC)
         c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
-        d_i, d_f, d_g, d_o, dc, carry = lstm_cell_grad(dh, dc, i, f, g, o, c, c_prev, n_ptr, t,
-                                                       rows, HAS_LENGTHS)
+        d_i, d_f, d_g, d_o, dc, carry = lstm_cell_grad(dh, dc, i, f, g, o, c, c_prev, batch_sizes_ptr, t,
+                                                       rows, HAS_BATCH_SIZES)
         dg_t = dgx_ptr + t * sg
         store_tile(dg_t, d_i, rows, cols, G, mr, mc)
         store_tile(dg_t, d_f, rows, cols + H, G, mr, mc)
@@ -323,9 +323,9 @@ def _gru_bwd_resident_kernel(
     dgh_ptr,   # (T, B, 3H) out: dL/d(h-side pre-activations) r, z, hn; slot t+1 read back
     carry_ptr,  # (B, H) ACC out: dL/dh_{-1} through z (and ended rows) at step 0
     dc_ptr,    # unused by the GRU
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     T, B, H,
-    HAS_LENGTHS: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -348,8 +348,8 @@ def _gru_bwd_resident_kernel(
         n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
         h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
         hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
-        d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, n_ptr, t, rows,
-                                                      HAS_LENGTHS)
+        d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows,
+                                                      HAS_BATCH_SIZES)
         dgx_t = dgx_ptr + t * sg
         dgh_t = dgh_ptr + t * sg
         store_tile(dgx_t, d_r, rows, cols, G, mr, mc)
@@ -376,9 +376,9 @@ def _rnn_bwd_resident_kernel(
     dgh_ptr,   # unused (same as dgx)
     carry_ptr,  # (B, H) ACC out: dL/dh_{-1} passed through rows ended at step 0
     dc_ptr,    # unused
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     T, B, H,
-    HAS_LENGTHS: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
@@ -394,7 +394,7 @@ def _rnn_bwd_resident_kernel(
             dh = add_rows_times_w(dh, dgx_ptr + (t + 1) * sh, w_ptr, rows, cols, mr, mc,
                                   H, H, UPCAST, PRECISION, BLOCK_K)
         h = load_tile(y_ptr + t * sh, rows, cols, H, mr, mc, ACC)
-        d, carry = rnn_cell_grad(dh, h, n_ptr, t, rows, RELU, HAS_LENGTHS)
+        d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
         store_tile(dgx_ptr + t * sh, d, rows, cols, H, mr, mc)
         tl.debug_barrier()
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
@@ -416,14 +416,14 @@ def _check(mode, B, H, K, dtype):
         raise ValueError(f"resident recurrence cannot run this layer: {why}")
 
 
-def resident_forward(mode, b, T, B, H, K, n_dev, has_bias, allow_tf32=None):
+def resident_forward(mode, b, T, B, H, K, batch_sizes_dev, has_bias, allow_tf32=None):
     """What the forward ``steps(b)`` of ``recurrence.layer_forward`` does for a layer without
     projection and with T >= 1 steps from the hoisted projection, in one launch: writes ``y``,
     ``cs`` (LSTM) and ``saved`` (LSTM, GRU).
 
     ``b``: xp (T, B, G*H), w (G*H, H), b1, b2 (G*H,) when ``has_bias``, h0 (B, H), c0 (B, H)
     for the LSTM; outputs y (T, B, H), cs (T, B, H) ACC (LSTM), saved (T, B, 4H) (LSTM, GRU).
-    ``n_dev``: (T,) int32 rows active per step (packed batches) or None.
+    ``batch_sizes_dev``: (T,) int32 rows active per step (packed batches) or None.
     ``allow_tf32``: fp32 matmuls in TF32; None follows ``torch.backends.cudnn.allow_tf32`` as
     the step path does."""
     y = b["y"]
@@ -438,12 +438,12 @@ def resident_forward(mode, b, T, B, H, K, n_dev, has_bias, allow_tf32=None):
     kernel[grid](
         xp_ptr=b["xp"], w_ptr=b["w"], b_ih_ptr=b.get("b1", y), b_hh_ptr=b.get("b2", y),
         h0_ptr=b["h0"], c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=b.get("cs", y),
-        saved_ptr=b.get("saved", y), n_ptr=y if n_dev is None else n_dev, T=T, B=B, H=H,
-        HAS_BIAS=has_bias, HAS_LENGTHS=n_dev is not None, **meta, **extra,
+        saved_ptr=b.get("saved", y), batch_sizes_ptr=y if batch_sizes_dev is None else batch_sizes_dev, T=T, B=B, H=H,
+        HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None, **meta, **extra,
     )
 
 
-def resident_backward(mode, b, T, B, H, K, n_dev, allow_tf32=None):
+def resident_backward(mode, b, T, B, H, K, batch_sizes_dev, allow_tf32=None):
     """What the backward ``steps(b)`` of ``recurrence.layer_backward_steps`` does for a layer
     without projection, in one launch: writes all of ``dgx`` (and ``dgh`` for the GRU), leaves in
     ``carry`` dL/dh_{-1} minus the term dgh[0] @ W_hh (added by ``layer_grads``) and in ``dc``
@@ -469,6 +469,6 @@ def resident_backward(mode, b, T, B, H, K, n_dev, allow_tf32=None):
         dy_ptr=b["dy"], w_ptr=b["w"], saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"],
         y_ptr=b["y"], c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx),
         dcn_ptr=b.get("dcn", dgx), dgx_ptr=dgx, dgh_ptr=dgh, carry_ptr=carry,
-        dc_ptr=carry if dc is None else dc, n_ptr=dgx if n_dev is None else n_dev,
-        T=T, B=B, H=H, HAS_LENGTHS=n_dev is not None, HAS_DCN=has_dcn, **meta, **extra,
+        dc_ptr=carry if dc is None else dc, batch_sizes_ptr=dgx if batch_sizes_dev is None else batch_sizes_dev,
+        T=T, B=B, H=H, HAS_BATCH_SIZES=batch_sizes_dev is not None, HAS_DCN=has_dcn, **meta, **extra,
     )

@@ -22,16 +22,16 @@ def rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS: tl.constexpr, RELU: tl
 
 
 @triton.jit
-def rnn_cell_grad(dh, h, n_ptr, t, rows, RELU: tl.constexpr, HAS_LENGTHS: tl.constexpr):
+def rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr):
     """(dL/d pre-activation, carry) from dL/dh_t (recurrence included) and h_t; rows whose
-    sequence has ended at t (HAS_LENGTHS) pass dh on in ``carry``."""
+    sequence has ended at t (HAS_BATCH_SIZES) pass dh on in ``carry``."""
     if RELU:
         d = tl.where(h > 0.0, dh, 0.0)
     else:
         d = dh * (1.0 - h * h)
     carry = tl.zeros_like(dh)
-    if HAS_LENGTHS:
-        active = (rows < tl.load(n_ptr + t))[:, None]
+    if HAS_BATCH_SIZES:
+        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
         d = tl.where(active, d, 0.0)
         carry = tl.where(active, carry, dh)
     return d, carry
@@ -51,9 +51,9 @@ def _rnn_fwd_step_kernel(
     cs_ptr,    # unused by the RNN
     out_ptr,   # (T, B, H) where h_t goes (y)
     saved_ptr,  # unused: the backward pass needs only h_t
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     t, B, H, K, I,
-    HAS_BIAS: tl.constexpr, HAS_LENGTHS: tl.constexpr, PROJ: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -71,8 +71,8 @@ def _rnn_fwd_step_kernel(
         w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
         acc = dot_acc(acc, hk, w, UPCAST, PRECISION)
     h = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
-    if HAS_LENGTHS:
-        h = tl.where((rows < tl.load(n_ptr + t))[:, None], h, load_tile(h_prev, rows, cols, H, mr, mc, ACC))
+    if HAS_BATCH_SIZES:
+        h = tl.where((rows < tl.load(batch_sizes_ptr + t))[:, None], h, load_tile(h_prev, rows, cols, H, mr, mc, ACC))
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
 
 
@@ -90,9 +90,9 @@ def _rnn_bwd_step_kernel(
     dgh_ptr,   # unused (same as dgx)
     carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended (read for t < T-1)
     dc_ptr,    # unused
-    n_ptr,     # (T,) int32 rows active at each step (HAS_LENGTHS)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
     t, T, B, H, K,
-    HAS_LENGTHS: tl.constexpr, PRE: tl.constexpr, HAS_DCN: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
@@ -105,6 +105,6 @@ def _rnn_bwd_step_kernel(
         dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * H, w_ptr, rows, cols, mr, mc,
                               H, H, UPCAST, PRECISION, BLOCK_K)
     h = load_tile(y_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    d, carry = rnn_cell_grad(dh, h, n_ptr, t, rows, RELU, HAS_LENGTHS)
+    d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
     store_tile(dgx_ptr + t64 * B * H, d, rows, cols, H, mr, mc)
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

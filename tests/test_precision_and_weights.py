@@ -174,7 +174,7 @@ def test_rnn_offsets_past_2_31(device):
         w = [p.double() for p in m.parameters()]
         y_ref, hn_ref, _ = fastcells.reference.layer(
             "rnn_tanh", x[:, -2:].double(), torch.zeros(2, Hl, device=device, dtype=torch.float64),
-            None, *w)
+            None, fastcells.weights.LayerWeights(*w))
     tol = dict(rtol=1e-2, atol=1e-2)   # fp16 over H = 1024 products accumulated in fp32
     torch.testing.assert_close(y[-1, -2:].double(), y_ref[-1], **tol)
     torch.testing.assert_close(hn[0, -2:].double(), hn_ref, **tol)

@@ -10,6 +10,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from fastcells.kernels import dispatch, recurrence, resident
 from fastcells.rnn_ops import recurrent_layer
+from fastcells.weights import LayerWeights
 
 from rnn_utils import KINDS, flat, grads, loss_of, twins
 from tolerances import TOL, assert_close
@@ -69,7 +70,7 @@ def run_layer(mode, L, dy, dcn):
     """Forward buffers (y, cs, saved) and the layer's gradients (dx, dh0, dc0, dw_ih, dw_hh,
     db_ih, db_hh) through recurrence's public functions, on whichever path the env picks."""
     y, cs, saved, m = recurrence.layer_forward(
-        mode, L["x"], L["w_ih"], L["w_hh"], L["b_ih"], L["b_hh"], L["h0"], L["c0"],
+        mode, L["x"], L["h0"], L["c0"], (L["w_ih"], L["w_hh"], L["b_ih"], L["b_hh"], None),
         L["batch_sizes"])
     dgx, dgh, carry, dc, dhs = recurrence.layer_backward_steps(
         mode, L["w_hh"], L["h0"], L["c0"], y, cs, saved, m, L["batch_sizes"], dy, dcn)
@@ -214,7 +215,7 @@ def test_gradcheck_resident_layer(mode, lengths, resident_calls):
     leaves = tuple(None if Lr[k] is None else Lr[k].requires_grad_() for k in names)
 
     def f(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        y, hn, cn = recurrent_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+        y, hn, cn = recurrent_layer(mode, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh),
                                     batch_sizes=Lr["batch_sizes"])
         return (y, hn) if cn is None else (y, hn, cn)
 

@@ -126,7 +126,9 @@ def _layer_weights(net, layers, D):
 
 def _loop_layers(step, x, hx, layers, D, lstm):
     """A multi-layer (bidirectional) network as a Python loop over steps: ``step(k, x_t, state)``
-    advances layer-direction ``k``; returns the last layer's output (T, B, D*H)."""
+    advances layer-direction ``k``; returns the last layer's output (T, B, D*H).  This is the
+    baseline itself (what a user writes with nn cells), so it cannot use fastcells' own layer
+    loop (``functional._rnn``), which runs whole layers."""
     h0, c0 = hx if lstm else (hx, None)
     inp, T = x, x.shape[0]
     for layer in range(layers):

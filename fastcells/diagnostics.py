@@ -173,6 +173,8 @@ def hidden_grad_norms(module, input, loss_fn, hx=None, *, layer=-1, dtype=None):
     h0 = [h.detach().to(dtype).requires_grad_(True) for h in h0]
     c0 = [None if c is None else c.detach().to(dtype) for c in c0]
 
+    # The network's one layer loop is functional._rnn; this one must differ: it unrolls every
+    # step as a separate op so that each h_t is a tensor of the graph whose gradient we read.
     with torch.enable_grad():
         measured, last_h, last_c = None, [], []
         for k, w in enumerate(layers):

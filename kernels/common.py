@@ -163,6 +163,13 @@ def check_dtype(dtype):
 # (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) forced for every step kernel, or None: for tile sweeps.
 TILE_OVERRIDE = None
 
+MIN_DOT = 16               # tl.dot needs every tile dimension >= 16
+SMALL_BATCH = 64           # up to this batch, 16-row batch tiles (more programs per step)
+MANY_PROGRAMS = 512        # beyond this many 16x16 tiles a step has parallelism to spare
+WIDE_HALF_PROGRAMS = 128   # 16-bit operands: 32-wide hidden tiles once this many programs remain
+K_BLOCKS = (64, 32, 16)    # the reduction chunk: the largest that the reduction length fills
+STEP_WARPS = 4
+
 
 def step_tiles(batch, hidden, k, dtype=torch.float32):
     """Tile sizes (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) for a step kernel.
@@ -174,10 +181,10 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
     2.11 vs 2.27 ms on an H200; bench/results)."""
     if TILE_OVERRIDE is not None:
         return TILE_OVERRIDE
-    block_b = 16 if batch <= 64 else 32
-    programs = triton.cdiv(batch, block_b) * triton.cdiv(hidden, 16)
-    block_h = 16 if programs <= 512 else 32
-    if dtype in (torch.float16, torch.bfloat16) and programs >= 128:
-        block_h = 32
-    block_k = 64 if k >= 64 else (32 if k >= 32 else 16)
-    return block_b, block_h, block_k, 4
+    block_b = MIN_DOT if batch <= SMALL_BATCH else 2 * MIN_DOT
+    programs = triton.cdiv(batch, block_b) * triton.cdiv(hidden, MIN_DOT)
+    block_h = MIN_DOT if programs <= MANY_PROGRAMS else 2 * MIN_DOT
+    if dtype in (torch.float16, torch.bfloat16) and programs >= WIDE_HALF_PROGRAMS:
+        block_h = 2 * MIN_DOT
+    block_k = next(b for b in K_BLOCKS if k >= b or b == MIN_DOT)
+    return block_b, block_h, block_k, STEP_WARPS

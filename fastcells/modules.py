@@ -198,6 +198,20 @@ def _check_cell_args(input, hiddens, input_size, hidden_size):
 
 
 class _Cell(_Backend):
+    def forward(self, input, hx=None):
+        if _fx_tracing(input, hx):
+            return self._fx_leaf_call(input, hx)
+        be = resolve(self.backend, input)
+        if be == "native" or self._torch_decides(input, hx):
+            return super().forward(input, hx)
+        input, hx, is_batched = self._prepare(input, hx, self._n_states)
+        h, c = (hx[0], hx[1]) if self._n_states == 2 else (hx, None)
+        out = functional.cell_on(be, self._mode, input, h, c, self.weight_ih, self.weight_hh,
+                                 self.bias_ih, self.bias_hh)
+        if is_batched:
+            return out
+        return (out[0].squeeze(0), out[1].squeeze(0)) if self._n_states == 2 else out.squeeze(0)
+
     def _torch_decides(self, input, hx):
         # Mixed dtypes: whatever torch does (its error, worded per device, or autocast's cast).
         return input.dtype != self.weight_ih.dtype or _mixed_dtypes(input, hx)
@@ -231,47 +245,21 @@ class _Cell(_Backend):
 
 class LSTMCell(_Cell, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
-
-    def forward(self, input, hx=None):
-        if _fx_tracing(input, hx):
-            return self._fx_leaf_call(input, hx)
-        be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input, hx):
-            return super().forward(input, hx)
-        input, hx, is_batched = self._prepare(input, hx, 2)
-        h, c = functional.cell_on(be, "lstm", input, hx[0], hx[1], self.weight_ih,
-                                  self.weight_hh, self.bias_ih, self.bias_hh)
-        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+    _mode, _n_states = "lstm", 2
 
 
 class GRUCell(_Cell, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
-
-    def forward(self, input, hx=None):
-        if _fx_tracing(input, hx):
-            return self._fx_leaf_call(input, hx)
-        be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input, hx):
-            return super().forward(input, hx)
-        input, hx, is_batched = self._prepare(input, hx, 1)
-        h = functional.cell_on(be, "gru", input, hx, None, self.weight_ih, self.weight_hh,
-                               self.bias_ih, self.bias_hh)
-        return h if is_batched else h.squeeze(0)
+    _mode, _n_states = "gru", 1
 
 
 class RNNCell(_Cell, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
+    _n_states = 1
 
-    def forward(self, input, hx=None):
-        if _fx_tracing(input, hx):
-            return self._fx_leaf_call(input, hx)
-        be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input, hx):
-            return super().forward(input, hx)
-        input, hx, is_batched = self._prepare(input, hx, 1)
-        h = functional.cell_on(be, "rnn_" + self.nonlinearity, input, hx, None, self.weight_ih,
-                               self.weight_hh, self.bias_ih, self.bias_hh)
-        return h if is_batched else h.squeeze(0)
+    @property
+    def _mode(self):
+        return "rnn_" + self.nonlinearity
 
 
 # The one torch -> fastcells class map: convert(), the tests, the benchmarks and the demo read it.

@@ -59,10 +59,8 @@ def assert_same_outcome(got, want):
         assert got[1] == want[1]
 
 
-def assert_same_run(ref, fast, x, hx=None, empty_grad_may_be_none=False):
-    """Outputs and every gradient (input, states, parameters) of ``fast`` match ``ref``.
-    ``empty_grad_may_be_none``: fastcells' layer op gives None where torch gives a gradient of
-    0 elements (the zero-size batch's input and states; functions.py's ``_none``)."""
+def assert_same_run(ref, fast, x, hx=None):
+    """Outputs and every gradient (input, states, parameters) of ``fast`` match ``ref``."""
     xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
     hxs = [None, None] if hx is None else [
         tuple(h.clone().requires_grad_() for h in hx) if isinstance(hx, tuple)
@@ -74,8 +72,6 @@ def assert_same_run(ref, fast, x, hx=None, empty_grad_may_be_none=False):
               for m, v, h in zip((ref, fast), xs, hxs)]
     g = [grads(loss_of(o), leaf) for o, leaf in zip(outs, leaves)]
     for a, b in zip(g[1], g[0]):
-        if a is None and empty_grad_may_be_none and b is not None and b.numel() == 0:
-            continue
         torch.testing.assert_close(a, b, **TOL64)
 
 
@@ -84,7 +80,7 @@ def assert_same_run(ref, fast, x, hx=None, empty_grad_may_be_none=False):
 @pytest.mark.parametrize("name", list(ALL))
 def test_zero_size_batch_forward_and_backward(name, backend, device):
     ref, fast = pair(name, backend, device)
-    assert_same_run(ref, fast, make_x(name, device, batch=0), empty_grad_may_be_none=True)
+    assert_same_run(ref, fast, make_x(name, device, batch=0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

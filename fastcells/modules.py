@@ -198,6 +198,24 @@ def _check_cell_args(input, hiddens, input_size, hidden_size):
 
 
 class _Cell(_Backend):
+    """forward() of the cells; each subclass names its mode (``_cell_mode``)."""
+
+    def forward(self, input, hx=None):
+        if _fx_tracing(input, hx):
+            return self._fx_leaf_call(input, hx)
+        be = resolve(self.backend, input)
+        if be == "native" or self._torch_decides(input, hx):
+            return super().forward(input, hx)
+        mode = self._cell_mode()
+        lstm = mode == "lstm"
+        input, hx, is_batched = self._prepare(input, hx, 2 if lstm else 1)
+        h, c = hx if lstm else (hx, None)
+        out = functional.cell_on(be, mode, input, h, c, self.weight_ih, self.weight_hh,
+                                 self.bias_ih, self.bias_hh)
+        if is_batched:
+            return out
+        return (out[0].squeeze(0), out[1].squeeze(0)) if lstm else out.squeeze(0)
+
     def _torch_decides(self, input, hx):
         # Mixed dtypes: whatever torch does (its error, worded per device, or autocast's cast).
         return input.dtype != self.weight_ih.dtype or _mixed_dtypes(input, hx)
@@ -232,46 +250,22 @@ class _Cell(_Backend):
 class LSTMCell(_Cell, nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
 
-    def forward(self, input, hx=None):
-        if _fx_tracing(input, hx):
-            return self._fx_leaf_call(input, hx)
-        be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input, hx):
-            return super().forward(input, hx)
-        input, hx, is_batched = self._prepare(input, hx, 2)
-        h, c = functional.cell_on(be, "lstm", input, hx[0], hx[1], self.weight_ih,
-                                  self.weight_hh, self.bias_ih, self.bias_hh)
-        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+    def _cell_mode(self):
+        return "lstm"
 
 
 class GRUCell(_Cell, nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
 
-    def forward(self, input, hx=None):
-        if _fx_tracing(input, hx):
-            return self._fx_leaf_call(input, hx)
-        be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input, hx):
-            return super().forward(input, hx)
-        input, hx, is_batched = self._prepare(input, hx, 1)
-        h = functional.cell_on(be, "gru", input, hx, None, self.weight_ih, self.weight_hh,
-                               self.bias_ih, self.bias_hh)
-        return h if is_batched else h.squeeze(0)
+    def _cell_mode(self):
+        return "gru"
 
 
 class RNNCell(_Cell, nn.RNNCell):
     """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
 
-    def forward(self, input, hx=None):
-        if _fx_tracing(input, hx):
-            return self._fx_leaf_call(input, hx)
-        be = resolve(self.backend, input)
-        if be == "native" or self._torch_decides(input, hx):
-            return super().forward(input, hx)
-        input, hx, is_batched = self._prepare(input, hx, 1)
-        h = functional.cell_on(be, "rnn_" + self.nonlinearity, input, hx, None, self.weight_ih,
-                               self.weight_hh, self.bias_ih, self.bias_hh)
-        return h if is_batched else h.squeeze(0)
+    def _cell_mode(self):
+        return "rnn_" + self.nonlinearity
 
 
 # The one torch -> fastcells class map: convert(), the tests, the benchmarks and the demo read it.

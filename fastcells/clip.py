@@ -7,7 +7,8 @@ negative-p norms) of an empty tensor, where torch raises, is the identity of its
 inf, inf for -inf and p < 0), which leaves the total of the other tensors unchanged.
 
 Backends: ``triton`` (the fused passes of :mod:`fastcells.kernels.clip`: a few launches, no host
-synchronisation unless ``error_if_nonfinite=True``), ``reference`` (plain torch ops, per tensor),
+synchronisation unless ``error_if_nonfinite=True``), ``reference`` (plain torch ops, per tensor:
+``reference.clip_total_norm`` and ``reference.clip_scale_by_norm_``),
 ``native`` (torch's own functions), ``auto`` (triton when every tensor is on CUDA, else native).
 The triton backend covers strided float64/float32/float16/bfloat16 tensors, and DTensor
 gradients (FSDP2, tensor parallel) with Shard / Replicate placements on one mesh, whose local
@@ -24,8 +25,8 @@ error; otherwise it only picks an implementation, and the fused kernels are the 
 
 ``torch.compile``: all three functions trace with no graph break (``fullgraph=True`` works) on
 the triton and reference backends.  The triton passes are the custom ops of
-:mod:`fastcells.clip_ops` (``fastcells::clip_total_norm``, ``fastcells::clip_grad_norm_``,
-``fastcells::clip_grads_with_norm_``), opaque to Dynamo; the table cache and the launches run
+:mod:`fastcells.clip_ops` (``fastcells::clip_total_norm``, ``fastcells::clip_norm_and_scale_``,
+``fastcells::clip_scale_by_norm_``), opaque to Dynamo; the table cache and the launches run
 when the compiled graph runs, eager or compiled alike.  ``error_if_nonfinite=True`` keeps its
 one host read, done inside an op (``fastcells::clip_check_finite`` on the reference backend), so
 it too compiles without a graph break and raises torch's error, every gradient untouched, when
@@ -34,7 +35,6 @@ the graph runs.  The native backend is torch's own code: it compiles likewise, e
 ``fullgraph=True``), exactly as with :func:`torch.nn.utils.clip_grad_norm_` itself; ``auto``
 is native on CPU tensors.
 """
-import math
 import types
 import warnings
 
@@ -44,8 +44,10 @@ import torch.nn.utils as _tnu
 from .backend import _check_name, default_backend, resolve
 from . import clip_dtensor as _dt
 from . import clip_ops as _ops
+from . import reference as _ref
 from .clip_ops import check_writable as _check_writable
 from .kernels import clip_plan as _plan
+from .kernels.common import SUPPORTED_DTYPES
 
 try:
     from torch.utils._foreach_utils import _device_has_foreach_support
@@ -127,28 +129,6 @@ def _devices(plan, tensors):
     return [tensors[i] for i in plan.firsts]
 
 
-# ----------------------------------------------------------------------------- the reference
-def _reference_tensor_norm(g, p):
-    """torch.linalg.vector_norm(g, p), and the identity of the reduction for an empty ``g``
-    where torch raises (inf, -inf and negative p)."""
-    if g.numel() == 0:
-        out = torch.zeros((), dtype=g.abs().dtype, device=g.device)
-        return out.fill_(math.inf) if p < 0 else out
-    return torch.linalg.vector_norm(g, p)
-
-
-def _reference_total_norm(tensors, p):
-    first = tensors[0].device
-    norms = [_reference_tensor_norm(t, p).to(first) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms), p)
-
-
-def _reference_clip_(grads, max_norm, total_norm):
-    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(coef.to(g.device))
-
-
 # ------------------------------------------------------------------------------ the public API
 def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None, *,
                    backend=None):
@@ -175,7 +155,7 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
         _check_foreach(foreach, tensors)
         if be == "triton":     # the check, if asked, inside the op
             return _ops.clip_total_norm(tensors, norm_type, bool(error_if_nonfinite))
-        total = _reference_total_norm(tensors, norm_type)
+        total = _ref.clip_total_norm(tensors, norm_type)
         if error_if_nonfinite:
             if _dt.is_dtensor(total):
                 _ops.register_dtensor_sharding()
@@ -197,12 +177,12 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, bac
         if not grads:
             return None
         usual_total = (isinstance(total_norm, torch.Tensor) and total_norm.dim() == 0
-                       and total_norm.dtype in _plan.SUPPORTED_DTYPES)     # a DTensor too
+                       and total_norm.dtype in SUPPORTED_DTYPES)     # a DTensor too
         plain_total = usual_total and type(total_norm) is torch.Tensor
         plan = _cached_plan(name, grads) if plain_total else None
         if plan is not None:
             _check_foreach(foreach, _devices(plan, grads))
-            _ops.scale_by_norm_(plan, total_norm.to(grads[0].device), max_norm)
+            _ops.scale_by_norm_(plan, max_norm, total_norm.to(grads[0].device))
             torch.autograd.graph.increment_version(grads)     # as the op does
             return None
         view = _sharded(name, grads) if usual_total else None
@@ -217,10 +197,10 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, bac
             return _tnu.clip_grads_with_norm_(params, max_norm, total_norm, foreach)
         _check_foreach(foreach, grads)
         if be == "triton":     # the op checks the grads are writable before touching any
-            _ops.clip_grads_with_norm_(grads, total_norm.to(grads[0].device), max_norm)
+            _ops.clip_scale_by_norm_(grads, max_norm, total_norm.to(grads[0].device))
         else:
             _check_writable(grads)
-            _reference_clip_(grads, max_norm, total_norm)
+            _ref.clip_scale_by_norm_(grads, max_norm, total_norm)
         return None
 
 
@@ -250,8 +230,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         plan = _cached_plan(name, grads)
         if plan is not None and isinstance(max_norm, (float, int)):
             _check_foreach(foreach, _devices(plan, grads))
-            total = _ops.clip_by_norm_(plan, float(max_norm), float(norm_type),
-                                       bool(error_if_nonfinite))
+            total = _ops.norm_and_scale_(plan, float(max_norm), float(norm_type),
+                                         bool(error_if_nonfinite))
             torch.autograd.graph.increment_version(grads)     # as the op does
             return total
         view = _sharded(name, grads)
@@ -277,4 +257,4 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         _check_foreach(foreach, grads)
         # one op: norm and coefficient, the finiteness check if asked, the writability check,
         # then the scale; nothing is touched when it raises
-        return _ops.clip_grad_norm_(grads, max_norm_f, norm_type, bool(error_if_nonfinite))
+        return _ops.clip_norm_and_scale_(grads, max_norm_f, norm_type, bool(error_if_nonfinite))

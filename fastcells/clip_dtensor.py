@@ -22,6 +22,7 @@ import sys
 
 import torch
 
+from .clip_ops import check_finite, scale_
 from .kernels import clip_launch as _launch
 from .kernels import clip_plan as _plan
 
@@ -108,7 +109,6 @@ def _as_dtensor(view, total, norm_type):
 
 def total_norm(view, plan, norm_type, max_norm=None, error_if_nonfinite=False):
     """(total as a local 0-d tensor, coefficient or None): pass 1 over the mesh."""
-    from .clip_ops import check_finite
     kind = _launch.norm_kind(norm_type)
     total, coef = _launch.multi_tensor_norm(plan, norm_type, max_norm,
                                             reduce_sums=_reducer(view, plan, kind))
@@ -123,11 +123,9 @@ def get_total_norm(view, norm_type, error_if_nonfinite):
     return _as_dtensor(view, total, norm_type)
 
 
-def _scale_(view, plan, coef):
-    from .clip_ops import OVERLAP_MSG
-    if plan.overlapping:
-        raise RuntimeError(OVERLAP_MSG)
-    _launch.multi_tensor_scale_(plan, coef)
+def _scale_shards_(view, plan, coef):
+    """Pass 2 on the local shards; the version counters of shards and DTensors both bumped."""
+    scale_(plan, coef)
     torch.autograd.graph.increment_version(view.locals)
     torch.autograd.graph.increment_version(view.grads)
 
@@ -135,7 +133,7 @@ def _scale_(view, plan, coef):
 def clip_grad_norm_(view, max_norm, norm_type, error_if_nonfinite):
     plan = _plan.plan(view.locals)
     total, coef = total_norm(view, plan, norm_type, max_norm, error_if_nonfinite)
-    _scale_(view, plan, coef)
+    _scale_shards_(view, plan, coef)
     return _as_dtensor(view, total, norm_type)
 
 
@@ -145,4 +143,4 @@ def clip_grads_with_norm_(view, max_norm, total):
     if is_dtensor(total):
         total = total.full_tensor()
     plan = _plan.plan(view.locals)
-    _scale_(view, plan, _launch.clip_coefficient(total.to(plan.device), max_norm))
+    _scale_shards_(view, plan, _launch.clip_coefficient(total.to(plan.device), max_norm))

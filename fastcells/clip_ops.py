@@ -6,17 +6,23 @@ records one node per op instead of tracing the pointer-table cache (``data_ptr()
 lookups) and the Triton launches, so the clip functions run under
 ``torch.compile(fullgraph=True)`` with no graph break.  Eager calls go through the same ops,
 except one whose tables are already cached: :mod:`fastcells.clip` then calls the ops' bodies
-(:func:`total_norm`, :func:`clip_by_norm_`, :func:`scale_by_norm_`) directly and bumps the
-version counters itself, sparing the dispatcher's per-tensor cost.
+(:func:`total_norm`, :func:`norm_and_scale_`, :func:`scale_by_norm_`: each op's name without
+``clip_``, the plan in place of the tensor list) directly and bumps the version counters
+itself, sparing the dispatcher's per-tensor cost.
+
+The ops are named for the passes they run, not for the public functions of :mod:`fastcells.clip`
+that call them; their arguments keep the public functions' order.
 
 ``fastcells::clip_total_norm(Tensor[] tensors, float norm_type, bool error_if_nonfinite) -> Tensor``
-    pass 1: the total norm (0-d, the tensors' promoted dtype, on the first tensor's device).
-``fastcells::clip_grad_norm_(Tensor(a!)[] grads, float max_norm, float norm_type,
+    pass 1, for ``get_total_norm``: the total norm (0-d, the tensors' promoted dtype, on the
+    first tensor's device).
+``fastcells::clip_norm_and_scale_(Tensor(a!)[] grads, float max_norm, float norm_type,
 bool error_if_nonfinite) -> Tensor``
-    pass 1 with the clip coefficient, then pass 2: every grad scaled in place; returns the total.
-``fastcells::clip_grads_with_norm_(Tensor(a!)[] grads, Tensor total_norm, float max_norm) -> ()``
-    the coefficient ``clamp(max_norm / (total_norm + 1e-6), max=1)`` of a given 0-d total (on the
-    first grad's device), then pass 2.
+    for ``clip_grad_norm_``: pass 1 with the clip coefficient, then pass 2: every grad scaled in
+    place; returns the total.
+``fastcells::clip_scale_by_norm_(Tensor(a!)[] grads, float max_norm, Tensor total_norm) -> ()``
+    for ``clip_grads_with_norm_``: the coefficient ``clamp(max_norm / (total_norm + 1e-6),
+    max=1)`` of a given 0-d total (on the first grad's device), then pass 2.
 ``fastcells::clip_check_finite(Tensor total, float norm_type) -> Tensor``
     torch's non-finite error for the reference path; returns a copy of ``total``.
 
@@ -83,20 +89,24 @@ def total_norm(plan, norm_type, error_if_nonfinite):
     return total
 
 
-def clip_by_norm_(plan, max_norm, norm_type, error_if_nonfinite):
+def norm_and_scale_(plan, max_norm, norm_type, error_if_nonfinite):
     total, coef = _launch.multi_tensor_norm(plan, norm_type, max_norm)
     if error_if_nonfinite:
         check_finite(total, norm_type)
-    if plan.overlapping:
-        raise RuntimeError(OVERLAP_MSG)
-    _launch.multi_tensor_scale_(plan, coef)
+    scale_(plan, coef)
     return total
 
 
-def scale_by_norm_(plan, total, max_norm):
+def scale_by_norm_(plan, max_norm, total):
+    scale_(plan, _launch.clip_coefficient(total, max_norm))
+
+
+def scale_(plan, coef):
+    """Pass 2: every tensor of ``plan`` times the 0-d device tensor ``coef``, in place, after
+    torch's refusal of gradients with internally overlapping memory."""
     if plan.overlapping:
         raise RuntimeError(OVERLAP_MSG)
-    _launch.multi_tensor_scale_(plan, _launch.clip_coefficient(total, max_norm))
+    _launch.multi_tensor_scale_(plan, coef)
 
 
 # ------------------------------------------------------------------------------------ the ops
@@ -110,24 +120,24 @@ def _(tensors, norm_type, error_if_nonfinite):
     return _fake_total(tensors)
 
 
-@torch.library.custom_op("fastcells::clip_grad_norm_", mutates_args=("grads",))
-def clip_grad_norm_(grads: List[Tensor], max_norm: float, norm_type: float,
-                    error_if_nonfinite: bool) -> Tensor:
-    return clip_by_norm_(_plan.plan(grads), max_norm, norm_type, error_if_nonfinite)
+@torch.library.custom_op("fastcells::clip_norm_and_scale_", mutates_args=("grads",))
+def clip_norm_and_scale_(grads: List[Tensor], max_norm: float, norm_type: float,
+                         error_if_nonfinite: bool) -> Tensor:
+    return norm_and_scale_(_plan.plan(grads), max_norm, norm_type, error_if_nonfinite)
 
 
-@clip_grad_norm_.register_fake
+@clip_norm_and_scale_.register_fake
 def _(grads, max_norm, norm_type, error_if_nonfinite):
     return _fake_total(grads)
 
 
-@torch.library.custom_op("fastcells::clip_grads_with_norm_", mutates_args=("grads",))
-def clip_grads_with_norm_(grads: List[Tensor], total_norm: Tensor, max_norm: float) -> None:
-    scale_by_norm_(_plan.plan(grads), total_norm, max_norm)
+@torch.library.custom_op("fastcells::clip_scale_by_norm_", mutates_args=("grads",))
+def clip_scale_by_norm_(grads: List[Tensor], max_norm: float, total_norm: Tensor) -> None:
+    scale_by_norm_(_plan.plan(grads), max_norm, total_norm)
 
 
-@clip_grads_with_norm_.register_fake
-def _(grads, total_norm, max_norm):
+@clip_scale_by_norm_.register_fake
+def _(grads, max_norm, total_norm):
     return None
 
 

@@ -1,4 +1,5 @@
-"""The oracle: readable plain-PyTorch math of every cell and of one recurrent layer.
+"""The oracle: readable plain-PyTorch math of every cell, of one recurrent layer and of
+clip-by-global-norm.
 
 Independent of the kernels and of the autograd Functions; differentiable by autograd (any order).
 """
@@ -65,3 +66,32 @@ def layer(mode, x, h0, c0, weights, batch_sizes=None):
         ys.append(h)
     y = torch.stack(ys) if ys else x.new_zeros(0, x.shape[1], h0.shape[-1])
     return y, h, c
+
+
+# ------------------------------------------------------------------- clip-by-global-norm
+# The math of the clip custom ops (fastcells::clip_total_norm, fastcells::clip_scale_by_norm_),
+# per tensor with torch ops: the ``reference`` backend of fastcells.clip.
+def clip_tensor_norm(g, norm_type):
+    """``torch.linalg.vector_norm(g, norm_type)``, except for an empty ``g``, where torch raises
+    for inf, -inf and negative ``norm_type``: the identity of the reduction (0 for inf, inf for
+    -inf and negative ``norm_type``), which leaves a total over other tensors unchanged."""
+    if g.numel() == 0:
+        out = torch.zeros((), dtype=g.abs().dtype, device=g.device)
+        return out.fill_(float("inf")) if norm_type < 0 else out
+    return torch.linalg.vector_norm(g, norm_type)
+
+
+def clip_total_norm(tensors, norm_type):
+    """The ``norm_type`` norm of the per-tensor norms of ``tensors`` (a non-empty list): a 0-d
+    tensor of their promoted dtype on the first tensor's device."""
+    first = tensors[0].device
+    norms = [clip_tensor_norm(t, norm_type).to(first) for t in tensors]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
+
+
+def clip_scale_by_norm_(grads, max_norm, total_norm):
+    """Scale every tensor of ``grads`` in place by ``clamp(max_norm / (total_norm + 1e-6),
+    max=1)`` (``total_norm`` a 0-d tensor on any device)."""
+    coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef.to(g.device))

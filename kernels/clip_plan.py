@@ -35,9 +35,8 @@ from operator import attrgetter
 import torch
 
 from .clip import ALIGN, MAX_DIMS, SEG_W, Seg
-from .common import interpreting
+from .common import SUPPORTED_DTYPES, interpreting
 
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _KERNEL_TYPES = (torch.Tensor, torch.nn.Parameter)     # subclasses go to torch's own clip
 
 

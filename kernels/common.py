@@ -5,6 +5,9 @@ import torch
 import triton
 import triton.language as tl
 
+# The dtypes every kernel family (cells, layers, resident, clip) reads and writes.
+SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
 
 # ----------------------------------------------------------------------------- jit helpers
 @triton.jit
@@ -156,7 +159,7 @@ def dot_flags(dtype, allow_tf32=False):
 
 
 def check_dtype(dtype):
-    if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+    if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"fastcells kernels support float64, float32, float16 and bfloat16, got {dtype}")
 
 

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from .common import (acc_dtype, add_rows_times_w, add_rows_times_wt, check_dtype, dot_flags,
                      load_tile, prev_ptr, prev_state, store_tile, tile_index, tl_dtype)
+from .common import SUPPORTED_DTYPES
 from .gru import gru_cell, gru_cell_grad
 from .lstm import lstm_cell, lstm_cell_grad
 from .rnn import rnn_cell, rnn_cell_grad
@@ -61,7 +62,7 @@ def reason_not_resident(mode, B, H, K, dtype, proj):
         return "projected LSTM (proj_size > 0): the step path projects each step"
     if not 1 <= H <= MAX_H:
         return f"hidden size {H} outside 1..{MAX_H} (the whole hidden state must fit in registers)"
-    if dtype not in (torch.float64, torch.float32, torch.float16, torch.bfloat16):
+    if dtype not in SUPPORTED_DTYPES:
         return f"dtype {dtype} has no kernel"
     return None
 

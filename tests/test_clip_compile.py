@@ -247,10 +247,10 @@ CALLS = {
     "clip_grads_with_norm_": lambda m, be: fastcells.clip_grads_with_norm_(
         m.parameters(), 0.5, torch.tensor(2.0), backend=be),
 }
-OPS = {"clip_grad_norm_": "fastcells.clip_grad_norm_",
-       "clip_grad_norm_-error_if_nonfinite": "fastcells.clip_grad_norm_",
+OPS = {"clip_grad_norm_": "fastcells.clip_norm_and_scale_",
+       "clip_grad_norm_-error_if_nonfinite": "fastcells.clip_norm_and_scale_",
        "get_total_norm": "fastcells.clip_total_norm",
-       "clip_grads_with_norm_": "fastcells.clip_grads_with_norm_"}
+       "clip_grads_with_norm_": "fastcells.clip_scale_by_norm_"}
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])

@@ -132,6 +132,82 @@ def store_tile(ptr, value, rows, cols, row_stride, mask_r, mask_c):
     tl.store(ptr + offs, value.to(ptr.dtype.element_ty), mask=mask_r[:, None] & mask_c[None, :])
 
 
+@triton.jit
+def load_gates4(ptr, rows, cols, H, mr, mc, ACC: tl.constexpr):
+    """The four gate blocks at ``cols``, ``cols + H``, ... of a (., 4H) row-major buffer as ACC:
+    the saved gates of the LSTM (i, f, g, o) and of the GRU (r, z, n, hn)."""
+    return (load_tile(ptr, rows, cols, 4 * H, mr, mc, ACC),
+            load_tile(ptr, rows, cols + H, 4 * H, mr, mc, ACC),
+            load_tile(ptr, rows, cols + 2 * H, 4 * H, mr, mc, ACC),
+            load_tile(ptr, rows, cols + 3 * H, 4 * H, mr, mc, ACC))
+
+
+@triton.jit
+def store_gates4(ptr, rows, cols, H, mr, mc, a, b, c, d):
+    """Store a, b, c, d as the four gate blocks at ``cols`` of a (., 4H) row-major buffer."""
+    store_tile(ptr, a, rows, cols, 4 * H, mr, mc)
+    store_tile(ptr, b, rows, cols + H, 4 * H, mr, mc)
+    store_tile(ptr, c, rows, cols + 2 * H, 4 * H, mr, mc)
+    store_tile(ptr, d, rows, cols + 3 * H, 4 * H, mr, mc)
+
+
+@triton.jit
+def store_gates3(ptr, rows, cols, H, mr, mc, a, b, c):
+    """Store a, b, c as the three gate blocks at ``cols`` of a (., 3H) row-major buffer."""
+    store_tile(ptr, a, rows, cols, 3 * H, mr, mc)
+    store_tile(ptr, b, rows, cols + H, 3 * H, mr, mc)
+    store_tile(ptr, c, rows, cols + 2 * H, 3 * H, mr, mc)
+
+
+@triton.jit
+def active_rows(batch_sizes_ptr, t, rows):
+    """(BLOCK_B, 1) mask: the rows whose sequence still runs at step t (packed sequences)."""
+    return (rows < tl.load(batch_sizes_ptr + t))[:, None]
+
+
+@triton.jit
+def _wt_chunk(w_ptr, gate, cols, ks, mask, H, K):
+    """W[gate * H + cols, ks]^T from W (., K) row-major: one gate block's (BLOCK_K, BLOCK_H) chunk."""
+    return tl.load(w_ptr + (cols + gate * H)[None, :] * K + ks[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def step_preacts(xp_t, x_ptr, w_ih_ptr, h_ptr, w_ptr, rows, cols, mr, mc, H, K, I,
+                 GATES: tl.constexpr, FUSE_X: tl.constexpr, ACC: tl.constexpr,
+                 UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
+                 BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One step's gate pre-activations without bias, x_t W_ih^T + h_{t-1} W_hh^T, for the gate
+    blocks at ``cols`` of a GATES-gate cell (W_hh (GATES*H, K), h_{t-1} at ``h_ptr`` (., K)).
+    Each chunk of h_{t-1} is read once for all gates.  GATES == 4 (LSTM): the four gates.
+    GATES == 3 (GRU): (r, z, x_n, h_n), the n gate's input and recurrent terms kept apart
+    because r scales h_n alone."""
+    G = GATES * H
+    a0 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
+                    PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    a1 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
+                    PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    a2 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
+                    UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    if GATES == 4:
+        a3 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 3 * H, mr, mc, G, I, FUSE_X, ACC,
+                        UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    else:
+        a3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        mk = ks < K
+        hk = tl.load(h_ptr + rows[:, None] * K + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
+        wmask = mk[:, None] & mc[None, :]
+        a0 = dot_acc(a0, hk, _wt_chunk(w_ptr, 0, cols, ks, wmask, H, K), UPCAST, PRECISION)
+        a1 = dot_acc(a1, hk, _wt_chunk(w_ptr, 1, cols, ks, wmask, H, K), UPCAST, PRECISION)
+        if GATES == 4:
+            a2 = dot_acc(a2, hk, _wt_chunk(w_ptr, 2, cols, ks, wmask, H, K), UPCAST, PRECISION)
+            a3 = dot_acc(a3, hk, _wt_chunk(w_ptr, 3, cols, ks, wmask, H, K), UPCAST, PRECISION)
+        else:
+            a3 = dot_acc(a3, hk, _wt_chunk(w_ptr, 2, cols, ks, wmask, H, K), UPCAST, PRECISION)
+    return a0, a1, a2, a3
+
+
 # ----------------------------------------------------------------------------- host policy
 def interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

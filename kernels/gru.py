@@ -10,8 +10,9 @@ projection in the same launch.
 import triton
 import triton.language as tl
 
-from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile, prev_ptr,
-                     prev_state, sigmoid, store_tile, tanh, tile_index)
+from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile, prev_ptr,
+                     prev_state, sigmoid, step_preacts, store_gates3, store_gates4, store_tile,
+                     tanh, tile_index)
 
 
 @triton.jit
@@ -45,7 +46,7 @@ def gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows, HAS_BATCH_SIZE
     d_z = dh * (hp - n) * z * (1.0 - z)
     carry = dh * z
     if HAS_BATCH_SIZES:
-        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
+        active = active_rows(batch_sizes_ptr, t, rows)
         d_npre = tl.where(active, d_npre, 0.0)
         d_hn = tl.where(active, d_hn, 0.0)
         d_r = tl.where(active, d_r, 0.0)
@@ -78,38 +79,17 @@ def _gru_fwd_step_kernel(
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 3 * H
-    xp_t = xp_ptr + t64 * B * G
     h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
-
-    acc_r = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    acc_z = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    x_n = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
-                     UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    h_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        mk = ks < H
-        hk = tl.load(h_prev + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-        wmask = mk[:, None] & mc[None, :]
-        w_r = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=wmask, other=0.0)
-        w_z = tl.load(w_ptr + (cols + H)[None, :] * H + ks[:, None], mask=wmask, other=0.0)
-        w_n = tl.load(w_ptr + (cols + 2 * H)[None, :] * H + ks[:, None], mask=wmask, other=0.0)
-        acc_r = dot_acc(acc_r, hk, w_r, UPCAST, PRECISION)
-        acc_z = dot_acc(acc_z, hk, w_z, UPCAST, PRECISION)
-        h_n = dot_acc(h_n, hk, w_n, UPCAST, PRECISION)
+    acc_r, acc_z, x_n, h_n = step_preacts(xp_ptr + t64 * B * G, x_ptr, w_ih_ptr, h_prev, w_ptr,
+                                          rows, cols, mr, mc, H, H, I, 3, FUSE_X, ACC, UPCAST,
+                                          PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     hp = load_tile(h_prev, rows, cols, H, mr, mc, ACC)
     r, z, n, h_n, h = gru_cell(acc_r, acc_z, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, cols, mc, H,
                                HAS_BIAS, ACC)
     if HAS_BATCH_SIZES:
-        h = tl.where((rows < tl.load(batch_sizes_ptr + t))[:, None], h, hp)
+        h = tl.where(active_rows(batch_sizes_ptr, t, rows), h, hp)
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
-    saved_t = saved_ptr + t64 * B * 4 * H
-    store_tile(saved_t, r, rows, cols, 4 * H, mr, mc)
-    store_tile(saved_t, z, rows, cols + H, 4 * H, mr, mc)
-    store_tile(saved_t, n, rows, cols + 2 * H, 4 * H, mr, mc)
-    store_tile(saved_t, h_n, rows, cols + 3 * H, 4 * H, mr, mc)
+    store_gates4(saved_ptr + t64 * B * 4 * H, rows, cols, H, mr, mc, r, z, n, h_n)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -140,20 +120,11 @@ def _gru_bwd_step_kernel(
         dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
         dh = add_rows_times_w(dh, dgh_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
                               G, H, UPCAST, PRECISION, BLOCK_K)
-    saved_t = saved_ptr + t64 * B * 4 * H
-    r = load_tile(saved_t, rows, cols, 4 * H, mr, mc, ACC)
-    z = load_tile(saved_t, rows, cols + H, 4 * H, mr, mc, ACC)
-    n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
-    h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
+    r, z, n, h_n = load_gates4(saved_ptr + t64 * B * 4 * H, rows, cols, H, mr, mc, ACC)
     hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
     d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows,
                                                   HAS_BATCH_SIZES)
-    dgx_t = dgx_ptr + t64 * B * G
-    dgh_t = dgh_ptr + t64 * B * G
-    store_tile(dgx_t, d_r, rows, cols, G, mr, mc)
-    store_tile(dgx_t, d_z, rows, cols + H, G, mr, mc)
-    store_tile(dgx_t, d_npre, rows, cols + 2 * H, G, mr, mc)
-    store_tile(dgh_t, d_r, rows, cols, G, mr, mc)
-    store_tile(dgh_t, d_z, rows, cols + H, G, mr, mc)
-    store_tile(dgh_t, d_hn, rows, cols + 2 * H, G, mr, mc)
+    # The x side sees n's pre-activation, the h side h W_hn^T + b_hn (scaled by r).
+    store_gates3(dgx_ptr + t64 * B * G, rows, cols, H, mr, mc, d_r, d_z, d_npre)
+    store_gates3(dgh_ptr + t64 * B * G, rows, cols, H, mr, mc, d_r, d_z, d_hn)
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

@@ -12,8 +12,9 @@ read where the caller keeps them (step 0), never copied into the sequence buffer
 import triton
 import triton.language as tl
 
-from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile, prev_ptr,
-                     prev_state, sigmoid, store_tile, tanh, tile_index)
+from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile, prev_ptr,
+                     prev_state, sigmoid, step_preacts, store_gates4, store_tile, tanh,
+                     tile_index)
 
 
 @triton.jit
@@ -52,7 +53,7 @@ def lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, batch_sizes_ptr, t, rows, H
     dc_prev = dc * f
     carry = tl.zeros_like(dh)
     if HAS_BATCH_SIZES:
-        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
+        active = active_rows(batch_sizes_ptr, t, rows)
         d_i = tl.where(active, d_i, 0.0)
         d_f = tl.where(active, d_f, 0.0)
         d_g = tl.where(active, d_g, 0.0)
@@ -86,36 +87,16 @@ def _lstm_fwd_step_kernel(
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 4 * H
-    xp_t = xp_ptr + t64 * B * G
     h_prev = prev_ptr(t, h0_ptr, y_ptr, B, K)
-
-    acc_i = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    acc_f = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                       PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    acc_g = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
-                       UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    acc_o = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 3 * H, mr, mc, G, I, FUSE_X, ACC,
-                       UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        mk = ks < K
-        hk = tl.load(h_prev + rows[:, None] * K + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-        wmask = mk[:, None] & mc[None, :]
-        w_i = tl.load(w_ptr + cols[None, :] * K + ks[:, None], mask=wmask, other=0.0)
-        w_f = tl.load(w_ptr + (cols + H)[None, :] * K + ks[:, None], mask=wmask, other=0.0)
-        w_g = tl.load(w_ptr + (cols + 2 * H)[None, :] * K + ks[:, None], mask=wmask, other=0.0)
-        w_o = tl.load(w_ptr + (cols + 3 * H)[None, :] * K + ks[:, None], mask=wmask, other=0.0)
-        acc_i = dot_acc(acc_i, hk, w_i, UPCAST, PRECISION)
-        acc_f = dot_acc(acc_f, hk, w_f, UPCAST, PRECISION)
-        acc_g = dot_acc(acc_g, hk, w_g, UPCAST, PRECISION)
-        acc_o = dot_acc(acc_o, hk, w_o, UPCAST, PRECISION)
+    acc_i, acc_f, acc_g, acc_o = step_preacts(xp_ptr + t64 * B * G, x_ptr, w_ih_ptr, h_prev, w_ptr,
+                                              rows, cols, mr, mc, H, K, I, 4, FUSE_X, ACC, UPCAST,
+                                              PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
     i, f, g, o, c, h = lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev, b_ih_ptr, b_hh_ptr, cols, mc,
                                  H, HAS_BIAS, ACC)
     if HAS_BATCH_SIZES:
         # Finished sequences keep their state, so slot T-1 holds each one's own final state.
-        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
+        active = active_rows(batch_sizes_ptr, t, rows)
         c = tl.where(active, c, c_prev)
         if PROJ:
             h = tl.where(active, h, 0.0)
@@ -123,11 +104,7 @@ def _lstm_fwd_step_kernel(
             h = tl.where(active, h, load_tile(h_prev, rows, cols, K, mr, mc, ACC))
     store_tile(cs_ptr + t64 * B * H, c, rows, cols, H, mr, mc)
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
-    saved_t = saved_ptr + t64 * B * G
-    store_tile(saved_t, i, rows, cols, G, mr, mc)
-    store_tile(saved_t, f, rows, cols + H, G, mr, mc)
-    store_tile(saved_t, g, rows, cols + 2 * H, G, mr, mc)
-    store_tile(saved_t, o, rows, cols + 3 * H, G, mr, mc)
+    store_gates4(saved_ptr + t64 * B * G, rows, cols, H, mr, mc, i, f, g, o)
 
 
 @triton.jit(do_not_specialize=["t"])
@@ -165,20 +142,12 @@ def _lstm_bwd_step_kernel(
         dc_in = load_tile(dcn_ptr, rows, cols, H, mr, mc, ACC)
     else:
         dc_in = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    saved_t = saved_ptr + t64 * B * G
-    i = load_tile(saved_t, rows, cols, G, mr, mc, ACC)
-    f = load_tile(saved_t, rows, cols + H, G, mr, mc, ACC)
-    g = load_tile(saved_t, rows, cols + 2 * H, G, mr, mc, ACC)
-    o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
+    i, f, g, o = load_gates4(saved_ptr + t64 * B * G, rows, cols, H, mr, mc, ACC)
     c = load_tile(cs_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
     d_i, d_f, d_g, d_o, dc_prev, carry = lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, batch_sizes_ptr, t,
                                                         rows, HAS_BATCH_SIZES)
-    dg_t = dgx_ptr + t64 * B * G
-    store_tile(dg_t, d_i, rows, cols, G, mr, mc)
-    store_tile(dg_t, d_f, rows, cols + H, G, mr, mc)
-    store_tile(dg_t, d_g, rows, cols + 2 * H, G, mr, mc)
-    store_tile(dg_t, d_o, rows, cols + 3 * H, G, mr, mc)
+    store_gates4(dgx_ptr + t64 * B * G, rows, cols, H, mr, mc, d_i, d_f, d_g, d_o)
     store_tile(dc_ptr, dc_prev, rows, cols, H, mr, mc)
     if not PROJ:
         store_tile(carry_ptr, carry, rows, cols, H, mr, mc)

@@ -30,9 +30,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import (acc_dtype, add_rows_times_w, add_rows_times_wt, check_dtype, dot_flags,
-                     load_tile, prev_ptr, prev_state, store_tile, tile_index, tl_dtype)
-from .common import SUPPORTED_DTYPES
+from .common import (SUPPORTED_DTYPES, acc_dtype, active_rows, add_rows_times_w,
+                     add_rows_times_wt, check_dtype, dot_flags, load_gates4, load_tile, prev_ptr,
+                     prev_state, store_gates3, store_gates4, store_tile, tile_index, tl_dtype)
 from .gru import gru_cell, gru_cell_grad
 from .lstm import lstm_cell, lstm_cell_grad
 from .rnn import rnn_cell, rnn_cell_grad
@@ -108,8 +108,22 @@ def _gate_in_rec(xp_t, h_prev, w_ptr, gate, rows, cols, mr, mc, G, H, ACC: tl.co
 
 
 @triton.jit
-def _active(batch_sizes_ptr, t, rows):
-    return (rows < tl.load(batch_sizes_ptr + t))[:, None]
+def _step_sizes(B, H, GATES: tl.constexpr):
+    """(G, elements per step of a (T, B, G) buffer, of a (T, B, H) buffer), the steps in int64."""
+    b64 = B.to(tl.int64)
+    return GATES * H, b64 * (GATES * H), b64 * H
+
+
+@triton.jit
+def _dh(dy_t, carry, dg_next, w_ptr, t, T, rows, cols, mr, mc, G, H, ACC: tl.constexpr,
+        UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_K: tl.constexpr):
+    """dL/dh_t = dy_t + carry + dgates_{t+1} W_hh, the last two from step t+1 only."""
+    dh = load_tile(dy_t, rows, cols, H, mr, mc, ACC)
+    if t + 1 < T:
+        dh += carry
+        dh = add_rows_times_w(dh, dg_next, w_ptr, rows, cols, mr, mc, G, H, UPCAST, PRECISION,
+                              BLOCK_K)
+    return dh
 
 
 # ----------------------------------------------------------------------------- forward
@@ -131,9 +145,7 @@ def _lstm_fwd_resident_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    G = 4 * H
-    sg = B.to(tl.int64) * G           # elements per step of xp / saved
-    sh = B.to(tl.int64) * H           # elements per step of y / cs
+    G, sg, sh = _step_sizes(B, H, 4)   # sg: a step of xp / saved, sh: of y / cs
     h = load_tile(h0_ptr, rows, cols, H, mr, mc, ACC)
     c = load_tile(c0_ptr, rows, cols, H, mr, mc, ACC)
     for t in range(T):
@@ -150,7 +162,7 @@ def _lstm_fwd_resident_kernel(
         i, f, g, o, c_new, h_new = lstm_cell(acc_i, acc_f, acc_g, acc_o, c, b_ih_ptr, b_hh_ptr,
                                              cols, mc, H, HAS_BIAS, ACC)
         if HAS_BATCH_SIZES:
-            active = _active(batch_sizes_ptr, t, rows)
+            active = active_rows(batch_sizes_ptr, t, rows)
             c_new = tl.where(active, c_new, c)
             h_new = tl.where(active, h_new, h)
         c = c_new
@@ -158,11 +170,7 @@ def _lstm_fwd_resident_kernel(
         h = h_new.to(y_ptr.dtype.element_ty).to(ACC)
         store_tile(cs_ptr + t * sh, c, rows, cols, H, mr, mc)
         store_tile(y_ptr + t * sh, h, rows, cols, H, mr, mc)
-        saved_t = saved_ptr + t * sg
-        store_tile(saved_t, i, rows, cols, G, mr, mc)
-        store_tile(saved_t, f, rows, cols + H, G, mr, mc)
-        store_tile(saved_t, g, rows, cols + 2 * H, G, mr, mc)
-        store_tile(saved_t, o, rows, cols + 3 * H, G, mr, mc)
+        store_gates4(saved_ptr + t * sg, rows, cols, H, mr, mc, i, f, g, o)
         tl.debug_barrier()   # h_t is read back (other threads' columns) by the next step
 
 
@@ -184,10 +192,7 @@ def _gru_fwd_resident_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    G = 3 * H
-    sg = B.to(tl.int64) * G
-    ss = B.to(tl.int64) * 4 * H
-    sh = B.to(tl.int64) * H
+    G, sg, sh = _step_sizes(B, H, 3)
     h = load_tile(h0_ptr, rows, cols, H, mr, mc, ACC)
     for t in range(T):
         xp_t = xp_ptr + t * sg
@@ -202,14 +207,10 @@ def _gru_fwd_resident_kernel(
         r, z, n, h_n, h_new = gru_cell(acc_r, acc_z, x_n, h_n, h, b_ih_ptr, b_hh_ptr, cols, mc,
                                        H, HAS_BIAS, ACC)
         if HAS_BATCH_SIZES:
-            h_new = tl.where(_active(batch_sizes_ptr, t, rows), h_new, h)
+            h_new = tl.where(active_rows(batch_sizes_ptr, t, rows), h_new, h)
         h = h_new.to(y_ptr.dtype.element_ty).to(ACC)
         store_tile(y_ptr + t * sh, h, rows, cols, H, mr, mc)
-        saved_t = saved_ptr + t * ss
-        store_tile(saved_t, r, rows, cols, 4 * H, mr, mc)
-        store_tile(saved_t, z, rows, cols + H, 4 * H, mr, mc)
-        store_tile(saved_t, n, rows, cols + 2 * H, 4 * H, mr, mc)
-        store_tile(saved_t, h_n, rows, cols + 3 * H, 4 * H, mr, mc)
+        store_gates4(saved_ptr + t * 4 * sh, rows, cols, H, mr, mc, r, z, n, h_n)
         tl.debug_barrier()
 
 
@@ -232,15 +233,15 @@ def _rnn_fwd_resident_kernel(
     RELU: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    sh = B.to(tl.int64) * H
+    G, sg, sh = _step_sizes(B, H, 1)
     h = load_tile(h0_ptr, rows, cols, H, mr, mc, ACC)
     for t in range(T):
         h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
-        acc = _gate_in_rec(xp_ptr + t * sh, h_prev, w_ptr, 0, rows, cols, mr, mc, H, H, ACC,
+        acc = _gate_in_rec(xp_ptr + t * sg, h_prev, w_ptr, 0, rows, cols, mr, mc, G, H, ACC,
                            UPCAST, PRECISION, BLOCK_K)
         h_new = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
         if HAS_BATCH_SIZES:
-            h_new = tl.where(_active(batch_sizes_ptr, t, rows), h_new, h)
+            h_new = tl.where(active_rows(batch_sizes_ptr, t, rows), h_new, h)
         h = h_new.to(y_ptr.dtype.element_ty).to(ACC)
         store_tile(y_ptr + t * sh, h, rows, cols, H, mr, mc)
         tl.debug_barrier()
@@ -279,32 +280,19 @@ def _lstm_bwd_resident_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    G = 4 * H
-    sg = B.to(tl.int64) * G
-    sh = B.to(tl.int64) * H
+    G, sg, sh = _step_sizes(B, H, 4)
     carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     dc = _dc_last(dcn_ptr, rows, cols, H, mr, mc, HAS_DCN, ACC, BLOCK_B, BLOCK_H)
     for s in range(T):
         t = T - 1 - s
-        dh = load_tile(dy_ptr + t * sh, rows, cols, H, mr, mc, ACC)
-        if t + 1 < T:
-            dh += carry
-            dh = add_rows_times_w(dh, dgx_ptr + (t + 1) * sg, w_ptr, rows, cols, mr, mc,
-                                  G, H, UPCAST, PRECISION, BLOCK_K)
-        saved_t = saved_ptr + t * sg
-        i = load_tile(saved_t, rows, cols, G, mr, mc, ACC)
-        f = load_tile(saved_t, rows, cols + H, G, mr, mc, ACC)
-        g = load_tile(saved_t, rows, cols + 2 * H, G, mr, mc, ACC)
-        o = load_tile(saved_t, rows, cols + 3 * H, G, mr, mc, ACC)
+        dh = _dh(dy_ptr + t * sh, carry, dgx_ptr + (t + 1) * sg, w_ptr, t, T, rows, cols, mr, mc,
+                 G, H, ACC, UPCAST, PRECISION, BLOCK_K)
+        i, f, g, o = load_gates4(saved_ptr + t * sg, rows, cols, H, mr, mc, ACC)
         c = load_tile(cs_ptr + t * sh, rows, cols, H, mr, mc, ACC)
         c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
         d_i, d_f, d_g, d_o, dc, carry = lstm_cell_grad(dh, dc, i, f, g, o, c, c_prev, batch_sizes_ptr, t,
                                                        rows, HAS_BATCH_SIZES)
-        dg_t = dgx_ptr + t * sg
-        store_tile(dg_t, d_i, rows, cols, G, mr, mc)
-        store_tile(dg_t, d_f, rows, cols + H, G, mr, mc)
-        store_tile(dg_t, d_g, rows, cols + 2 * H, G, mr, mc)
-        store_tile(dg_t, d_o, rows, cols + 3 * H, G, mr, mc)
+        store_gates4(dgx_ptr + t * sg, rows, cols, H, mr, mc, d_i, d_f, d_g, d_o)
         tl.debug_barrier()   # dgates_t is read back (all of G) by the next step
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
     store_tile(dc_ptr, dc, rows, cols, H, mr, mc)
@@ -331,34 +319,18 @@ def _gru_bwd_resident_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    G = 3 * H
-    sg = B.to(tl.int64) * G
-    ss = B.to(tl.int64) * 4 * H
-    sh = B.to(tl.int64) * H
+    G, sg, sh = _step_sizes(B, H, 3)
     carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     for s in range(T):
         t = T - 1 - s
-        dh = load_tile(dy_ptr + t * sh, rows, cols, H, mr, mc, ACC)
-        if t + 1 < T:
-            dh += carry
-            dh = add_rows_times_w(dh, dgh_ptr + (t + 1) * sg, w_ptr, rows, cols, mr, mc,
-                                  G, H, UPCAST, PRECISION, BLOCK_K)
-        saved_t = saved_ptr + t * ss
-        r = load_tile(saved_t, rows, cols, 4 * H, mr, mc, ACC)
-        z = load_tile(saved_t, rows, cols + H, 4 * H, mr, mc, ACC)
-        n = load_tile(saved_t, rows, cols + 2 * H, 4 * H, mr, mc, ACC)
-        h_n = load_tile(saved_t, rows, cols + 3 * H, 4 * H, mr, mc, ACC)
+        dh = _dh(dy_ptr + t * sh, carry, dgh_ptr + (t + 1) * sg, w_ptr, t, T, rows, cols, mr, mc,
+                 G, H, ACC, UPCAST, PRECISION, BLOCK_K)
+        r, z, n, h_n = load_gates4(saved_ptr + t * 4 * sh, rows, cols, H, mr, mc, ACC)
         hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
         d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows,
                                                       HAS_BATCH_SIZES)
-        dgx_t = dgx_ptr + t * sg
-        dgh_t = dgh_ptr + t * sg
-        store_tile(dgx_t, d_r, rows, cols, G, mr, mc)
-        store_tile(dgx_t, d_z, rows, cols + H, G, mr, mc)
-        store_tile(dgx_t, d_npre, rows, cols + 2 * H, G, mr, mc)
-        store_tile(dgh_t, d_r, rows, cols, G, mr, mc)
-        store_tile(dgh_t, d_z, rows, cols + H, G, mr, mc)
-        store_tile(dgh_t, d_hn, rows, cols + 2 * H, G, mr, mc)
+        store_gates3(dgx_ptr + t * sg, rows, cols, H, mr, mc, d_r, d_z, d_npre)
+        store_gates3(dgh_ptr + t * sg, rows, cols, H, mr, mc, d_r, d_z, d_hn)
         tl.debug_barrier()
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
 
@@ -385,18 +357,15 @@ def _rnn_bwd_resident_kernel(
     RELU: tl.constexpr,
 ):
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    sh = B.to(tl.int64) * H
+    G, sg, sh = _step_sizes(B, H, 1)
     carry = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     for s in range(T):
         t = T - 1 - s
-        dh = load_tile(dy_ptr + t * sh, rows, cols, H, mr, mc, ACC)
-        if t + 1 < T:
-            dh += carry
-            dh = add_rows_times_w(dh, dgx_ptr + (t + 1) * sh, w_ptr, rows, cols, mr, mc,
-                                  H, H, UPCAST, PRECISION, BLOCK_K)
+        dh = _dh(dy_ptr + t * sh, carry, dgx_ptr + (t + 1) * sg, w_ptr, t, T, rows, cols, mr, mc,
+                 G, H, ACC, UPCAST, PRECISION, BLOCK_K)
         h = load_tile(y_ptr + t * sh, rows, cols, H, mr, mc, ACC)
         d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
-        store_tile(dgx_ptr + t * sh, d, rows, cols, H, mr, mc)
+        store_tile(dgx_ptr + t * sg, d, rows, cols, H, mr, mc)
         tl.debug_barrier()
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
 

@@ -3,8 +3,8 @@ A single step (FUSE_X) computes x W_ih^T in the same launch."""
 import triton
 import triton.language as tl
 
-from .common import (add_rows_times_w, bias_pair, dot_acc, gate_input, load_tile, prev_ptr,
-                     store_tile, tanh, tile_index)
+from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair, gate_input,
+                     load_tile, prev_ptr, store_tile, tanh, tile_index)
 
 
 @triton.jit
@@ -31,7 +31,7 @@ def rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU: tl.constexpr, HAS_BATCH
         d = dh * (1.0 - h * h)
     carry = tl.zeros_like(dh)
     if HAS_BATCH_SIZES:
-        active = (rows < tl.load(batch_sizes_ptr + t))[:, None]
+        active = active_rows(batch_sizes_ptr, t, rows)
         d = tl.where(active, d, 0.0)
         carry = tl.where(active, carry, dh)
     return d, carry
@@ -64,15 +64,11 @@ def _rnn_fwd_step_kernel(
     h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
     acc = gate_input(xp_ptr + t64 * B * H, x_ptr, w_ih_ptr, rows, cols, mr, mc, H, I, FUSE_X,
                      ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        mk = ks < H
-        hk = tl.load(h_prev + rows[:, None] * H + ks[None, :], mask=mr[:, None] & mk[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[None, :] * H + ks[:, None], mask=mk[:, None] & mc[None, :], other=0.0)
-        acc = dot_acc(acc, hk, w, UPCAST, PRECISION)
+    acc = add_rows_times_wt(acc, h_prev, w_ptr, rows, cols, mr, mc, H, UPCAST, PRECISION, BLOCK_K)
     h = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
     if HAS_BATCH_SIZES:
-        h = tl.where((rows < tl.load(batch_sizes_ptr + t))[:, None], h, load_tile(h_prev, rows, cols, H, mr, mc, ACC))
+        h = tl.where(active_rows(batch_sizes_ptr, t, rows), h,
+                     load_tile(h_prev, rows, cols, H, mr, mc, ACC))
     store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
 
 

@@ -44,8 +44,11 @@ def twin(module, cls, backend=None):
 def _mixed_dtypes(input, hx):
     """A state whose dtype is not the input's: torch's own forward then decides (its error,
     worded as on that device, or autocast's casts)."""
-    states = hx if isinstance(hx, (tuple, list)) else (hx,)
-    return any(isinstance(s, torch.Tensor) and s.dtype != input.dtype for s in states)
+    if hx is None:
+        return False
+    if isinstance(hx, torch.Tensor):
+        return hx.dtype != input.dtype
+    return any(isinstance(s, torch.Tensor) and s.dtype != input.dtype for s in hx)
 
 
 def _proxies(input, hx):
@@ -53,8 +56,10 @@ def _proxies(input, hx):
     return [v for v in (input, *states) if isinstance(v, torch.fx.Proxy)]
 
 
-def _fx_tracing(input, hx):
-    return isinstance(input, torch.fx.Proxy) or bool(_proxies(input, hx))
+def _fx_tracing(input, hx, _proxy=torch.fx.Proxy):
+    if isinstance(input, _proxy) or isinstance(hx, _proxy):
+        return True
+    return isinstance(hx, (tuple, list)) and any(isinstance(v, _proxy) for v in hx)
 
 
 class _Backend:
@@ -185,6 +190,9 @@ class RNN(_RecurrentNet, nn.RNN):
 # ---------------------------------------------------------------------------------- cells
 def _check_cell_args(input, hiddens, input_size, hidden_size):
     """ATen's checks for the fused cells, with its messages."""
+    B = input.shape[0]
+    if input.shape[1] == input_size and all(h.shape == (B, hidden_size) for h in hiddens):
+        return
     if input.size(1) != input_size:
         raise RuntimeError(
             f"input has inconsistent input_size: got {input.size(1)} expected {input_size}")

@@ -377,5 +377,9 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     else:
         y, cs, _, _ = RNNLayer.apply(*args)
     last = x.shape[0] - 1
-    cn = cs[last].to(x.dtype) if c0 is not None else None
+    cn = None
+    if c0 is not None:
+        cn = cs[last]
+        if cn.dtype != x.dtype:
+            cn = cn.to(x.dtype)
     return y, y[last], cn

@@ -4,18 +4,20 @@ One primitive serves layers and cells: one layer, one direction, whole sequence 
 one-step layer, which the launcher runs as one fused launch).
 
 * Eager calls take :class:`RNNLayer`, a ``torch.autograd.Function``: one autograd node, cached
-  kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, jacfwd-free
-  jacobians) runs through the kernels.  A vmapped layer with shared weights is one batched launch
+  kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, reverse-mode
+  jacobians) runs through the kernels; there is no ``jvp`` rule (no forward mode, jacfwd).  A vmapped layer with shared weights is one batched launch
   (the vmapped dimension is folded into the batch); batched weights (an ensemble) run one layer
   per member.
 * Under ``torch.compile`` the same math is the custom ops ``fastcells::rnn_layer`` and
   ``fastcells::rnn_layer_backward``, with fake implementations: no graph break, no retracing of
   the time loop.
 
-The backward is itself a Function (:class:`RNNLayerBackward`) on the kernels.  Differentiating
-the backward (double backward: gradient penalties, meta-learning) recomputes the layer with the
-reference math and differentiates that: the one place the kernels' wrappers use
-:mod:`fastcells.reference`, so every order works.
+The backward is itself a Function (:class:`RNNLayerBackward`) on the kernels.  A backward that
+must be differentiable recomputes the layer with the reference math and differentiates that,
+the one place the kernels' wrappers use :mod:`fastcells.reference`: with plain autograd
+(``create_graph=True``: gradient penalties, meta-learning) ``RNNLayer.backward`` takes that
+path, so every order works; under ``torch.func`` the kernels' backward runs, and its own
+backward (a second order: hessians) is the reference math's, through ``torch.func.vjp``.
 """
 from types import SimpleNamespace
 from typing import List, Optional, Tuple

@@ -2,7 +2,8 @@
 
 A single cell step or a short layer is host-bound on a GPU: what the call costs in Python,
 dispatch and autograd is its speed.  This measures it for ``LSTMCell``/``GRUCell`` forward and
-forward+backward and for a one-layer LSTM (T=16) forward+backward.
+forward+backward, a one-layer LSTM (T=16) forward+backward, and an ``LSTMCell`` step under
+``torch.no_grad()`` (inference: rollouts, decoding).
 
 * **CPU** (no GPU; what CI can watch): the Triton launches are made no-ops under the interpreter,
   so the figure is fastcells' Python and dispatch path alone.  The bar is torch.nn's whole CPU call
@@ -26,7 +27,7 @@ import torch
 
 torch_empty = torch.empty  # the real one (tests poison torch.empty with NaN)
 CASES = ("lstm_cell fwd", "lstm_cell fwd+bwd", "gru_cell fwd", "gru_cell fwd+bwd",
-         "lstm T=16 fwd+bwd")
+         "lstm T=16 fwd+bwd", "lstm_cell no_grad")
 TINY = dict(B=4, I=8, H=8, T=16)  # CPU: so that torch's own kernels cost little
 
 
@@ -65,6 +66,11 @@ def _modules(case, backend, device, dtype, shape):
     backward = passes == "fwd+bwd"
     if backward:
         x.requires_grad_()
+    if passes == "no_grad":  # inference: a rollout or a decoding step
+        def call():
+            with torch.no_grad():
+                mod(x, state)
+        return call
 
     def call():
         out = mod(x, state)
@@ -74,16 +80,23 @@ def _modules(case, backend, device, dtype, shape):
     return call
 
 
-def _time_host(call, number, repeats):
+def _time_pair(fast, ref, number, repeats):
+    """((median, min) us per call of ``fast`` under stubbed launches, (median, min) of ``ref``),
+    the two timed in alternating batches so that a machine's drift hits both alike."""
+    with stubbed_launches():
+        for _ in range(3):
+            fast()
     for _ in range(3):
-        call()
-    per = []
+        ref()
+    per = ([], [])
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(number):
-            call()
-        per.append((time.perf_counter() - t0) / number * 1e6)
-    return statistics.median(per), min(per)
+        for i, call in enumerate((fast, ref)):
+            with stubbed_launches() if i == 0 else contextlib.nullcontext():
+                t0 = time.perf_counter()
+                for _ in range(number):
+                    call()
+                per[i].append((time.perf_counter() - t0) / number * 1e6)
+    return [(statistics.median(p), min(p)) for p in per]
 
 
 def _time_cuda(call, number, repeats):
@@ -121,9 +134,7 @@ def measure(device=None, number=200, repeats=7, cases=CASES, dtype=torch.float32
         for case in cases:
             fast = _modules(case, "triton", device, dtype, TINY)
             ref = _modules(case, "torch", device, dtype, TINY)
-            with stubbed_launches():
-                f_med, f_min = _time_host(fast, number, repeats)
-            t_med, t_min = _time_host(ref, number, repeats)
+            (f_med, f_min), (t_med, t_min) = _time_pair(fast, ref, number, repeats)
             rows.append(dict(case=case, device="cpu", shape=TINY, what="host path, launches stubbed",
                              fastcells_us=f_med, fastcells_min_us=f_min, torch_us=t_med,
                              torch_min_us=t_min, ratio=f_min / t_min))

@@ -368,6 +368,10 @@ def _op_backward(ctx, dy, dcs, _dsaved, _dm):
 rnn_layer.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
+def _needs_grad(tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     """One layer, one direction on the fused kernels: returns (y (T, B, K), h_n, c_n or None).
     Eager calls take the autograd Function; torch.compile and torch.jit.trace record the custom
@@ -376,8 +380,10 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         y, cs, _, _ = torch.ops.fastcells.rnn_layer(*args)
-    else:
+    elif torch._C._are_functorch_transforms_active() or _needs_grad(args[1:9]):
         y, cs, _, _ = RNNLayer.apply(*args)
+    else:  # inference (no_grad, or nothing requires grad): no autograd node to build
+        y, cs, _, _ = _forward(*args)
     last = x.shape[0] - 1
     cn = None
     if c0 is not None:

@@ -67,7 +67,7 @@ def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
         outs, gouts = [y], [dy]
         if cn is not None and dcn is not None:
             outs.append(cn)
-            gouts.append(dcn)
+            gouts.append(dcn.to(cn.dtype))  # the kernels keep c (and dL/dc) in fp32
         srcs = [t for t, w in zip(inputs, wanted) if w]
         got = iter(torch.autograd.grad(outs, srcs, gouts, create_graph=True, allow_unused=True)
                    if srcs else ())
@@ -244,7 +244,7 @@ class RNNLayerBackward(_Function):
                                            ctx.batch_sizes)
                 return (y, cn) if dcn is not None else (y,)
             _, pullback = torch.func.vjp(layer, *args[:n_in])
-            return pullback((dy, dcn) if dcn is not None else (dy,))
+            return pullback((dy, dcn.to(dy.dtype)) if dcn is not None else (dy,))
 
         args = [saved[i] for i in present]
         firsts, pullback = torch.func.vjp(first_order, *args)

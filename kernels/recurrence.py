@@ -94,6 +94,8 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     spec = CELLS[mode]
     check_dtype(x.dtype)
+    if x.shape[0] == 1 and batch_sizes is None and w_hr is None:
+        return _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     T, B, I = x.shape
     GH, K = w_hh.shape
     H = GH // spec.gates
@@ -158,6 +160,32 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
     return (keep(bufs["y"]), None if cs is None else keep(cs),
             None if saved is None else keep(saved), None if m is None else keep(m))
+
+
+def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """``layer_forward`` for one step (a cell) without packing or projection: one fused launch
+    (the input projection inside it), no graph, nothing allocated but the outputs."""
+    _, B, I = x.shape
+    GH, K = w_hh.shape
+    H = GH // spec.gates
+    dt, dev = x.dtype, x.device
+    y = torch.empty((1, B, K), dtype=dt, device=dev)
+    cs = torch.empty((1, B, H), dtype=dt, device=dev) if spec.has_cell else None
+    saved = torch.empty((1, B, spec.saved * H), dtype=dt, device=dev) if spec.saved else None
+    if B and H:
+        grid, meta, _ = _launch_config(B, H, K, dt)
+        w = w_hh.contiguous()
+        has_bias = b_ih is not None
+        spec.fwd[grid](
+            xp_ptr=w, x_ptr=x.contiguous(), w_ih_ptr=w_ih.contiguous(), w_ptr=w,
+            b_ih_ptr=b_ih.contiguous() if has_bias else w,
+            b_hh_ptr=b_hh.contiguous() if has_bias else w, h0_ptr=h0.contiguous(),
+            c0_ptr=c0.contiguous() if spec.has_cell else y, y_ptr=y,
+            cs_ptr=y if cs is None else cs, out_ptr=y, saved_ptr=y if saved is None else saved,
+            batch_sizes_ptr=y, t=0, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
+            HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **spec.extra,
+        )
+    return y, cs, saved, None
 
 
 def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, dcn=None,

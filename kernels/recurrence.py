@@ -102,13 +102,9 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     dev, dt = x.device, x.dtype
     has_bias, proj = b_ih is not None, w_hr is not None
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, dev)
-    fuse_x = T == 1 and batch_sizes_dev is None and not proj
     w = w_hh.contiguous()
-    inputs = dict(w=w, h0=h0.contiguous())
-    if fuse_x:
-        inputs.update(x=x.contiguous(), w_ih=w_ih.contiguous())
-    else:
-        inputs["xp"] = torch.matmul(x, w_ih.t())  # hoisted input projection, contiguous
+    # the hoisted input projection (a single plain step fuses it instead: _single_step)
+    inputs = dict(w=w, h0=h0.contiguous(), xp=torch.matmul(x, w_ih.t()))
     if has_bias:
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
     if spec.has_cell:
@@ -136,16 +132,16 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
         if H == 0:
             y.copy_(b["h0"].expand(T, B, K))  # nothing evolves
             return
-        m, xp = b.get("m"), b.get("xp", w)
+        m, xp = b.get("m"), b["xp"]
         cs = b.get("cs", y)
         for t in range(T):
             spec.fwd[grid](
-                xp_ptr=xp, x_ptr=b.get("x", w), w_ih_ptr=b.get("w_ih", w), w_ptr=b["w"],
+                xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
                 b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
                 c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=cs, out_ptr=m if proj else y,
                 saved_ptr=b.get("saved", y), batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
                 t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
-                PROJ=proj, FUSE_X=fuse_x, **meta, **spec.extra,
+                PROJ=proj, FUSE_X=False, **meta, **spec.extra,
             )
             if proj:
                 torch.mm(m[t], b["w_hr_t"], out=y[t])

@@ -82,3 +82,31 @@ def test_native_is_torch_forward():
 def test_repr_names_backend():
     assert "backend='triton'" in repr(fastcells.LSTM(3, 4, backend="triton"))
     assert repr(fastcells.LSTM(3, 4)) == repr(torch.nn.LSTM(3, 4))
+
+
+def test_use_backend_is_per_asyncio_task_and_per_thread(monkeypatch):
+    """Two interleaved asyncio tasks on one thread, and a second thread, each see their own
+    use_backend (a ContextVar, not thread-local state)."""
+    import asyncio
+    import threading
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+
+    async def task(name, seen, started, other_started):
+        with fastcells.use_backend(name):
+            started.set()
+            await other_started.wait()          # the other task has entered its own block
+            seen.append((name, backend.default_backend()))
+
+    async def main():
+        seen, a, b = [], asyncio.Event(), asyncio.Event()
+        await asyncio.gather(task("reference", seen, a, b), task("native", seen, b, a))
+        return seen
+
+    assert sorted(asyncio.run(main())) == [("native", "native"), ("reference", "reference")]
+    got = []
+    with fastcells.use_backend("reference"):
+        t = threading.Thread(target=lambda: got.append(backend.default_backend()))
+        t.start()
+        t.join()
+        assert backend.default_backend() == "reference"
+    assert got == ["auto"]

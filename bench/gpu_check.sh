@@ -5,8 +5,13 @@
 # versions.txt, tests.log, tests.xml, bench.log, the JSON rows, the markdown table, the PNG
 # plots); a short summary is printed last.
 #
-#   bash bench/gpu_check.sh OUTDIR
+#   bash bench/gpu_check.sh OUTDIR [SELECTION...]
 #   FASTCELLS_COMMIT=$(git rev-parse HEAD) ...   names the code where the tree has no .git
+#
+# SELECTION: bench/run.py's --ops/--dtypes/--impls for the quick benchmark (default: the whole
+# quick plan).  FASTCELLS_CHECK_SWEEPS (comma list, default "recurrence"): the GPU-only sweeps to
+# run before the benchmark, "recurrence" (step chain against the resident kernel and cuDNN,
+# bench/recurrence_sweep.py) and "tile" (step-kernel tiles, bench/tile_sweep.py); "" for none.
 #
 # It is built to end inside 8 minutes on an H100: every stage runs under `timeout` with a share of a
 # 450 s budget (FASTCELLS_CHECK_BUDGET_S), a failing or slow stage is recorded and the script
@@ -15,19 +20,26 @@
 # suite) and the benchmark runs in its CPU mode.
 set -uo pipefail
 
-if [ $# -ne 1 ]; then
-  echo "usage: bash bench/gpu_check.sh OUTDIR" >&2
+if [ $# -lt 1 ]; then
+  echo "usage: bash bench/gpu_check.sh OUTDIR [--ops ...] [--dtypes ...] [--impls ...]" >&2
   exit 2
 fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$1" && OUT="$(cd "$1" && pwd)"
+shift
+SELECTION=("$@")
+SWEEPS=",${FASTCELLS_CHECK_SWEEPS-recurrence},"
 cd "$ROOT" || exit 2
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 BUDGET_S="${FASTCELLS_CHECK_BUDGET_S:-450}"
-TESTS_MAX_S=240          # the test suite's share at most
-BENCH_MIN_S=150          # what the quick benchmark is left at least
+TESTS_MAX_S=${FASTCELLS_CHECK_TESTS_S:-240}   # the test suite's share at most
+BENCH_MIN_S=${FASTCELLS_CHECK_BENCH_S:-150}   # what the quick benchmark is left at least
 REPORT_S=40              # the table and plots
-SWEEP_S=80               # the tile sweep (GPU only)
+SWEEP_S=80               # each sweep's share at most (GPU only)
+HOST_S=60                # the host-overhead stage at most (GPU only)
+SWEEPS_S=0               # what the chosen sweeps are kept
+case $SWEEPS in *,tile,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
+case $SWEEPS in *,recurrence,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET   # real compilation on the GPU
@@ -165,8 +177,8 @@ if [ $HAS_CUDA -eq 1 ]; then
   # Compiling the kernels' variants is most of the suite's time there: spread it over the
   # CPU cores with pytest-xdist where it is installed.
   XDIST=()
-  "$PY" -c "import xdist" 2> /dev/null && XDIST=(-n 8)
-  stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - SWEEP_S - REPORT_S )))" "$OUT/tests.log" \
+  "$PY" -c "import xdist" 2> /dev/null && XDIST=(-n 12)
+  stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - HOST_S - SWEEPS_S - REPORT_S )))" "$OUT/tests.log" \
     "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 "${XDIST[@]}" --junitxml="$OUT/tests.xml"
 else
   say "No CUDA GPU: the full test suite is CI's job (bash .ci/run); running the bench smoke test only."
@@ -180,13 +192,21 @@ grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" | head -n 30 | tee -a "$LOG"
 # 3a. Host enqueue time and device time per call, fastcells against torch.nn (cells, a T=16
 #     layer): the calls whose cost is the host path.
 if [ $HAS_CUDA -eq 1 ]; then
-  stage host "$(min 60 $(( $(left) - BENCH_MIN_S - REPORT_S )))" "$OUT/host_overhead.log" \
+  stage host "$(min $HOST_S $(( $(left) - BENCH_MIN_S - SWEEPS_S - REPORT_S )))" "$OUT/host_overhead.log" \
     "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"
   tail -n 7 "$OUT/host_overhead.log"
 fi
 
-# 3b. The step kernels' tile sweep and CUDA graphs on/off at the fastrnns shape (GPU only).
-if [ $HAS_CUDA -eq 1 ]; then
+# 3b. The sweeps (GPU only): the step chain against the resident kernel and cuDNN over small
+#     batches (the rows dispatch.RULES come from); the step kernels' tiles and CUDA graphs on/off
+#     at the fastrnns shape.
+if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,recurrence,* ]]; then
+  LIMIT=$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S )))
+  stage recurrence "$LIMIT" "$OUT/recurrence_sweep.log" \
+    "$PY" bench/recurrence_sweep.py --out "$OUT/recurrence_sweep.json" --budget-s $(( LIMIT > 40 ? LIMIT - 25 : 15 ))
+  tail -n 12 "$OUT/recurrence_sweep.log"
+fi
+if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,tile,* ]]; then
   stage sweep "$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S )))" "$OUT/tile_sweep.log" \
     "$PY" bench/tile_sweep.py --out "$OUT/tile_sweep.json"
   tail -n 22 "$OUT/tile_sweep.log"
@@ -196,7 +216,7 @@ fi
 #    cases in time, and `timeout` is the hard stop.
 BENCH_S=$(( $(left) - REPORT_S ))
 stage bench "$BENCH_S" "$OUT/bench.log" \
-  "$PY" bench/run.py --quick --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
+  "$PY" bench/run.py --quick "${SELECTION[@]}" --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
 [ -f "$OUT/bench.log" ] && tail -n 3 "$OUT/bench.log"
 JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
 

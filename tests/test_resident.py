@@ -12,6 +12,7 @@ from fastcells.kernels import dispatch, recurrence, resident
 from fastcells.rnn_ops import recurrent_layer
 from fastcells.weights import LayerWeights
 
+from conftest import DEVICE
 from rnn_utils import KINDS, flat, grads, loss_of, twins
 from tolerances import TOL, assert_close
 
@@ -54,15 +55,18 @@ def make_layer(mode, T, B, I, H, dtype, bias=True, lengths=None, seed=0):
         batch_sizes = torch.tensor([sum(n > t for n in lengths) for t in range(T)])
         for t in range(T):
             x[t, int(batch_sizes[t]):] = 0   # padding, as a PackedSequence's unpacked input
-    return dict(x=x, w_ih=rnd(G * H, I), w_hh=rnd(G * H, H),
-                b_ih=rnd(G * H) if bias else None, b_hh=rnd(G * H) if bias else None,
-                h0=rnd(B, H), c0=rnd(B, H) if mode == "lstm" else None, batch_sizes=batch_sizes)
+    L = dict(x=x, w_ih=rnd(G * H, I), w_hh=rnd(G * H, H),
+             b_ih=rnd(G * H) if bias else None, b_hh=rnd(G * H) if bias else None,
+             h0=rnd(B, H), c0=rnd(B, H) if mode == "lstm" else None)
+    # on the test device; batch_sizes stays on the host, as a PackedSequence keeps it
+    return {**{k: None if v is None else v.to(DEVICE) for k, v in L.items()},
+            "batch_sizes": batch_sizes}
 
 
 def _upstream(mode, T, B, H, dtype, with_dcn=True, seed=3):
     g = torch.Generator().manual_seed(seed)
-    dy = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(dtype)
-    dcn = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype)
+    dy = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(DEVICE, dtype)
+    dcn = torch.randn(B, H, generator=g, dtype=torch.float64).to(DEVICE, dtype)
     return dy, dcn if mode == "lstm" and with_dcn else None
 
 
@@ -174,11 +178,12 @@ def test_modules_on_resident_path_match_torch(kind, opts, packed, resident_calls
     torch.nn in float64: every output (final states included) and every gradient."""
     calls = resident_calls("resident")
     ref, fast = twins(KINDS, kind, I, H, backend="triton", **opts)
+    ref, fast = ref.to(DEVICE), fast.to(DEVICE)
     L = ref.num_layers * (2 if ref.bidirectional else 1)
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(T, B, I, generator=g, dtype=torch.float64).requires_grad_()
-    h = torch.randn(L, B, H, generator=g, dtype=torch.float64).requires_grad_()
-    c = torch.randn(L, B, H, generator=g, dtype=torch.float64).requires_grad_()
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    h = torch.randn(L, B, H, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    c = torch.randn(L, B, H, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
     hx, leaves = ((h, c), [x, h, c]) if kind == "lstm" else (h, [x, h])
     inp = pack_padded_sequence(x, torch.tensor([2, 4, 3]), enforce_sorted=False) if packed else x
     fr, ff = flat(ref(inp, hx)), flat(fast(inp, hx))
@@ -199,7 +204,8 @@ def test_projected_lstm_falls_back_to_step(resident_calls):
     """proj_size > 0 cannot run resident: FASTCELLS_RECURRENCE=resident takes the step path."""
     calls = resident_calls("resident")
     ref, fast = twins(KINDS, "lstm", I, H, backend="triton", proj_size=3)
-    x = torch.randn(T, B, I, dtype=torch.float64)
+    ref, fast = ref.to(DEVICE), fast.to(DEVICE)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=DEVICE)
     for a, b in zip(flat(fast(x)), flat(ref(x))):
         assert_close(a, b, torch.float64)
     assert calls == {"fwd": 0, "bwd": 0}

@@ -1,0 +1,115 @@
+"""The step chain against the resident kernel (kernels/dispatch.py), with cuDNN beside them, over
+small batches and hidden sizes (GPU only).  Its rows are what dispatch.RULES may be derived from.
+
+python bench/recurrence_sweep.py --out FILE.json [--budget-s 90]
+
+Shapes run most important first (issue 11's small-batch targets, then the grid B x H x T for
+LSTM and GRU in bf16 and fp32); a time budget stops it starting new shapes, and the rows are
+written after every shape, so a cut run keeps what it measured.
+"""
+import argparse
+import json
+import os
+import subprocess
+import time
+
+import torch
+
+import fastcells
+from fastcells.kernels import dispatch
+
+CLASSES = {"lstm": fastcells.LSTM, "gru": fastcells.GRU}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# (mode, dtype, B, H, T): the issue's targets first (small-B{1,16}-T1024 at I = H = 256) ...
+FIRST = [("lstm", "bf16", 16, 256, 1024), ("gru", "bf16", 16, 256, 1024),
+         ("lstm", "fp32", 1, 256, 1024)]
+# ... then the grid.
+GRID = [(m, d, B, H, T) for T in (1024, 100) for m in ("lstm", "gru") for d in ("bf16", "fp32")
+        for H in (256, 128) for B in (1, 16, 64)]
+
+
+def plan():
+    return FIRST + [s for s in GRID if s not in FIRST]
+
+
+def _commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+    except Exception:  # noqa: BLE001 - no git there: the environment names it
+        out = ""
+    return out or os.environ.get("FASTCELLS_COMMIT", "unknown")
+
+
+def measure(mode, dtype, B, H, T, impl):
+    """{pass: (median, p20, p80) ms} for fwd and fwd+bwd of one layer (I = H)."""
+    from triton.testing import do_bench
+    backend = "native" if impl == "cudnn" else "triton"
+    os.environ[dispatch.ENV] = "auto" if impl == "cudnn" else impl
+    torch.manual_seed(0)
+    m = CLASSES[mode](H, H, backend=backend).cuda().to(DTYPES[dtype])
+    x = torch.randn(T, B, H, device="cuda", dtype=DTYPES[dtype], requires_grad=True)
+    dy = torch.randn(T, B, H, device="cuda", dtype=DTYPES[dtype])
+
+    def fwd():
+        with torch.no_grad():
+            m(x)
+
+    def fwd_bwd():
+        m(x)[0].backward(dy)
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        fn()                       # compile and capture outside the timing
+        torch.cuda.synchronize()
+        out[name] = do_bench(fn, warmup=10, rep=60, quantiles=[0.5, 0.2, 0.8])
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-s", type=float, default=90.0)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("recurrence_sweep: needs a CUDA GPU (Triton timings on CPU mean nothing)")
+        return 0
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=_commit(),
+                date=time.strftime("%Y-%m-%d"), I_equals_H=True,
+                note="fwd under no_grad; fwd+bwd: forward and y.backward(dy); do_bench medians")
+    rows, t0 = [], time.time()
+    print(f"{'mode':5} {'dtype':5} {'B':>4} {'H':>4} {'T':>5} {'pass':8} "
+          f"{'step ms':>9} {'resident':>9} {'cudnn':>9} {'res/step':>8} {'res/cudnn':>9}",
+          flush=True)
+    for mode, dtype, B, H, T in plan():
+        if time.time() - t0 > args.budget_s:
+            meta["cut"] = f"budget {args.budget_s:.0f} s reached"
+            break
+        res = {}
+        for impl in ("step", "resident", "cudnn"):
+            try:
+                res[impl] = measure(mode, dtype, B, H, T, impl)
+            except Exception as e:  # noqa: BLE001 - a failing path is a result
+                res[impl] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        for p in ("fwd", "fwd+bwd"):
+            ms = {k: (v.get(p) if "error" not in v else None) for k, v in res.items()}
+            rows.append(dict(mode=mode, dtype=dtype, B=B, H=H, I=H, T=T, **{"pass": p},
+                             ms={k: v for k, v in ms.items()},
+                             errors={k: v["error"] for k, v in res.items() if "error" in v}))
+            med = {k: (v[0] if v else float("nan")) for k, v in ms.items()}
+            print(f"{mode:5} {dtype:5} {B:4d} {H:4d} {T:5d} {p:8} {med['step']:9.3f} "
+                  f"{med['resident']:9.3f} {med['cudnn']:9.3f} "
+                  f"{med['resident'] / med['step']:8.2f} {med['resident'] / med['cudnn']:9.2f}",
+                  flush=True)
+        for k, v in res.items():
+            if "error" in v:
+                print(f"  {k}: {v['error']}", flush=True)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    os.environ.pop(dispatch.ENV, None)
+    print(f"{len(rows)} rows in {time.time() - t0:.0f} s -> {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,6 +4,7 @@ Only ``forward`` changes (plus an optional ``backend=``): parameters, ``state_di
 and hooks stay torch's.  Backend 'native' is exactly torch's own forward.
 """
 import copy
+import weakref
 
 import torch
 import torch.fx
@@ -112,7 +113,7 @@ class _RecurrentNet(_Backend):
         be = resolve(self.backend, data)
         if be == "native" or _mixed_dtypes(data, hx):
             return super().forward(input, hx)
-        self._update_flat_weights()
+        self._refresh_flat_weights()
         lstm = self.mode == "LSTM"
         num_dir = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -158,6 +159,18 @@ class _RecurrentNet(_Backend):
             output = output.squeeze(1 if not self.batch_first else 0)
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
         return output, hidden
+
+    def _refresh_flat_weights(self):
+        # torch's _update_flat_weights also compacts the weights for cuDNN (flatten_parameters),
+        # which the kernels do not need and which reads data pointers: under torch.func on CUDA
+        # the weights are wrappers that have none.
+        if not torch.jit.is_scripting() and self._weights_have_changed():
+            # hasattr, then getattr, as torch does: a parametrized weight (weight drop) draws
+            # its random numbers at each access, and the draws must match torch's module
+            self._flat_weights = [getattr(self, n) if hasattr(self, n) else None
+                                  for n in self._flat_weights_names]
+            self._flat_weight_refs = [None if w is None else weakref.ref(w)
+                                      for w in self._flat_weights]
 
     @staticmethod
     def _check_hx_dims(hx, is_batched, lstm):

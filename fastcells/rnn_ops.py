@@ -32,7 +32,8 @@ from .kernels.recurrence import CELLS, layer_backward_steps, layer_forward, laye
 
 
 def _none(t):
-    return t if t is not None and t.numel() else None
+    # the 1-D empty placeholder of an absent buffer (a real one with B = 0 is 3-D, and kept)
+    return None if t is None or t.numel() == 0 and t.dim() == 1 else t
 
 
 def _or_empty(t, like):
@@ -118,16 +119,32 @@ def _legacy_batched(*tensors):
     return any(t is not None and torch._C._functorch.is_legacy_batchedtensor(t) for t in tensors)
 
 
+_UNBATCHED = 999_983  # a batch size no real vmap has (a prime; small enough for numel)
+
+
+def _legacy_level(t):
+    """The innermost legacy-vmap level ``t`` is batched at.  The nesting counter that names it
+    is thread-local, and on CUDA the backward runs on autograd's device thread, where it reads
+    0: ask the tensor instead.  Removing a level ``t`` is not batched at expands it to the given
+    batch size; removing its own level ignores the size."""
+    here = torch._C._vmapmode_increment_nesting() - 1
+    torch._C._vmapmode_decrement_nesting()
+    for level in (here, *range(64, 0, -1)):
+        if level > 0 and torch._remove_batch_dim(t, level, _UNBATCHED, 0).shape[0] != _UNBATCHED:
+            return level
+    raise RuntimeError("fastcells: a legacy-vmap batched tensor with no level between 1 and 64")
+
+
 def _legacy_vmap(rule, args):
     """Run a vmap ``rule`` on legacy-batched arguments.  ``torch.autograd.grad(...,
     is_grads_batched=True)`` (so ``torch.autograd.functional.jacobian(vectorize=True)``) batches
     the backward with torch's older vmap, which calls no ``vmap`` staticmethod: unwrap the
     batched tensors (their vmapped dimension first), apply the rule, wrap the results."""
-    level = torch._C._vmapmode_increment_nesting() - 1
-    torch._C._vmapmode_decrement_nesting()
+    level = None
     raw, in_dims, n = [], [], None
     for a in args:
         if isinstance(a, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(a):
+            level = _legacy_level(a) if level is None else level
             a = torch._remove_batch_dim(a, level, 1, 0)  # the size is ignored for batched ones
             n = a.shape[0]
             in_dims.append(0)

@@ -110,7 +110,7 @@ def _gate_in_rec(xp_t, h_prev, w_ptr, gate, rows, cols, mr, mc, G, H, ACC: tl.co
 @triton.jit
 def _step_sizes(B, H, GATES: tl.constexpr):
     """(G, elements per step of a (T, B, G) buffer, of a (T, B, H) buffer), the steps in int64."""
-    b64 = B.to(tl.int64)
+    b64 = tl.cast(B, tl.int64)   # B may arrive as the constant 1 (Triton specializes it)
     return GATES * H, b64 * (GATES * H), b64 * H
 
 

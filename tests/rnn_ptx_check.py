@@ -65,6 +65,17 @@ def variants():
                    dict(base, HAS_BIAS=True, HAS_BATCH_SIZES=lengths))
             yield (f"{family}-bwd-resident-{dtype}-len{lengths}", rbwd, dtype,
                    dict(base, HAS_BATCH_SIZES=lengths, HAS_DCN=True))
+        if dtype == tl.float32:
+            # Triton specializes an integer argument equal to 1 into a constant (B = 1: one
+            # sequence; H = 1): a kernel must compile that way too.
+            ones = dict(B=1, H=1, K=1, I=1)
+            for kind, kernel, flags in (("fwd-step", fwd, dict(HAS_BIAS=True, FUSE_X=True)),
+                                        ("bwd-step", bwd, dict(HAS_DCN=True)),
+                                        ("fwd-resident", rfwd, dict(HAS_BIAS=True)),
+                                        ("bwd-resident", rbwd, dict(HAS_DCN=True))):
+                yield (f"{family}-{kind}-{dtype}-size1", kernel, dtype,
+                       {**base, "HAS_BATCH_SIZES": False, "PROJ": False, "FUSE_X": False,
+                        **flags, **ones})
 
 
 if __name__ == "__main__":

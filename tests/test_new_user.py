@@ -266,7 +266,8 @@ def test_convert_keeps_a_parametrization_working(name, backend, device):
     loss_of(got).backward()
     assert original.grad is not None  # the gradient reaches the weight behind the dropout
     new.eval(), ref.eval()
-    assert_same_run(ref, new, x)
+    with torch.backends.cudnn.flags(enabled=False):  # torch's oracle: cuDNN has no eval backward
+        assert_same_run(ref, new, x)
 
 
 def test_convert_one_module_used_twice_gives_one_twin():
@@ -430,11 +431,12 @@ def test_torch_func_grad_and_jacrev(backend, device):
     def loss(params, m):
         return functional_call(m, params, (x,))[0].pow(2).sum()
 
-    g_ref = grad(loss)(dict(ref.named_parameters()), ref)
+    with torch.backends.cudnn.flags(enabled=False):  # torch's oracle: cuDNN refuses torch.func
+        g_ref = grad(loss)(dict(ref.named_parameters()), ref)
+        j_ref = jacrev(lambda v: ref(v)[0].sum(0))(x)
     g_fast = grad(loss)(dict(fast.named_parameters()), fast)
     for k in g_ref:
         torch.testing.assert_close(g_fast[k], g_ref[k], **TOL64)
-    j_ref = jacrev(lambda v: ref(v)[0].sum(0))(x)
     j_fast = jacrev(lambda v: fast(v)[0].sum(0))(x)
     torch.testing.assert_close(j_fast, j_ref, **TOL64)
 

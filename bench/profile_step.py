@@ -36,6 +36,42 @@ def host_ms(fn, reps=50):
     return (t1 - t0) / reps * 1e3
 
 
+def cell_cases():
+    """One cell step (issue 10's rows): LSTMCell and GRUCell at B=64 H=512, LSTMCell at B=1024
+    H=256 (an RL rollout step), forward and forward+backward, fp32 and bf16."""
+    for dtype in (torch.float32, torch.bfloat16):
+        for cls, B, H in ((fastcells.LSTMCell, 64, 512), (fastcells.GRUCell, 64, 512),
+                          (fastcells.LSTMCell, 1024, 256)):
+            cell = cls(H, H, backend="triton").cuda().to(dtype)
+            x = torch.randn(B, H, device="cuda", dtype=dtype, requires_grad=True)
+            h = torch.randn(B, H, device="cuda", dtype=dtype)
+            hx = (h, h) if cls is fastcells.LSTMCell else h
+            name = f"{cls.__name__} B{B} H{H} {str(dtype)[6:]}"
+            yield f"{name} fwd", lambda c=cell, x=x, hx=hx: c(x, hx)
+
+            def fwd_bwd(c=cell, x=x, hx=hx):
+                out = c(x, hx)
+                (out[0] if isinstance(out, tuple) else out).sum().backward()
+            yield f"{name} fwd+bwd", fwd_bwd
+
+
+def host_profile(fn, calls=200, rows=28):
+    """cProfile of ``calls`` calls: where the host time of a call goes (by own time)."""
+    import cProfile
+    import pstats
+    fn()
+    torch.cuda.synchronize()
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(calls):
+        fn()
+    pr.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(pr, stream=out).sort_stats("tottime").print_stats(rows)
+    return out.getvalue()
+
+
 def cases():
     for dtype in (torch.float32, torch.bfloat16):
         cell = fastcells.LSTMCell(512, 512, backend="triton").cuda().to(dtype)
@@ -57,14 +93,18 @@ def cases():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--cells", action="store_true",
+                    help="one-step cells instead of layers, and a cProfile of the host path")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("profile_step: needs a CUDA GPU")
         return
     report = io.StringIO()
     summary = []
-    for name, fn in cases():
+    for name, fn in (cell_cases() if args.cells else cases()):
         w, h = wall_ms(fn), host_ms(fn)
+        if args.cells and "LSTMCell B64" in name:
+            report.write(f"\n=== {name}: host profile (cProfile, 200 calls)\n{host_profile(fn)}")
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(5):
                 fn()

@@ -70,7 +70,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--budget-s", type=float, default=90.0)
+    ap.add_argument("--batches", default=None, help="comma list: only these B (default: all)")
     args = ap.parse_args(argv)
+    only_B = None if not args.batches else {int(b) for b in args.batches.split(",")}
     if not torch.cuda.is_available():
         print("recurrence_sweep: needs a CUDA GPU (Triton timings on CPU mean nothing)")
         return 0
@@ -82,6 +84,8 @@ def main(argv=None):
           f"{'step ms':>9} {'resident':>9} {'cudnn':>9} {'res/step':>8} {'res/cudnn':>9}",
           flush=True)
     for mode, dtype, B, H, T in plan():
+        if only_B is not None and B not in only_B:
+            continue
         if time.time() - t0 > args.budget_s:
             meta["cut"] = f"budget {args.budget_s:.0f} s reached"
             break

@@ -199,8 +199,10 @@ class RNNLayer(_Function):
                 b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
         if _legacy_batched(dy, dcn):
             grads = _legacy_vmap(RNNLayerBackward.vmap, args)
-        else:
-            grads = RNNLayerBackward.apply(*args)
+        elif torch._C._are_functorch_transforms_active():
+            grads = RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
+        else:  # a plain backward records nothing: the Function around it would only cost time
+            grads = RNNLayerBackward.forward(*args)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
@@ -338,6 +340,8 @@ def rnn_layer_backward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w
     b_ih = w_hh.new_empty(0) if has_bias else None
     grads = _backward(mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
                       saved, m, dy, dcn)
+    if grads[6] is not None and grads[6] is grads[5]:   # one bias sum for both: a custom op's
+        grads[6] = grads[5].clone()                       # returns may not alias each other
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 

@@ -283,7 +283,10 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
                 zero(*lead, GH) if has_bias else None, zero(*lead, GH) if has_bias else None,
                 dw_hr)
     # dh0 = carry + dgh_0 W_hh (the step-0 recurrence the loop leaves to this GEMM)
-    dh0 = (carry + (dgh[0] @ w_hh).to(acc)).to(dt)
+    if dt == acc:
+        dh0 = torch.addmm(carry, dgh[0], w_hh)
+    else:
+        dh0 = (carry + (dgh[0] @ w_hh).to(acc)).to(dt)
     dx = torch.matmul(dgx, w_ih) if need_input_grad else None
     h_prev = y[:T - 1]
     if groups == 1:
@@ -292,7 +295,9 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
         if T > 1:
             dw_hh = dw_hh.addmm_(dgh[1:].reshape(-1, GH).t(), h_prev.reshape(-1, K))
         db_ih = dgx.sum((0, 1)) if has_bias else None
-        db_hh = dgh.sum((0, 1)) if has_bias else None
+        # one sum where both biases see the same gate gradients (LSTM, RNN): autograd copies a
+        # gradient it receives twice before accumulating it
+        db_hh = (db_ih if dgh is dgx else dgh.sum((0, 1))) if has_bias else None
         dw_hr = None
         if dhs is not None:
             dw_hr = (dhs.reshape(T * B, K).t() @ m.reshape(T * B, -1).to(acc)).to(dt)

@@ -203,13 +203,17 @@ def _layers_plan(cuda):
     rnn, in fp32, with the eager reference beside native (the Triton kernels are not timed
     there)."""
     if not cuda:
-        cases = [layer_case("lstm", "small-B16-T100"), packed_case("lstm", B=16, T=100, I=256, H=256),
+        cases = [layer_case("lstm", "small-B16-T100"),
+                 packed_case("lstm", B=16, T=100, I=256, H=256),
                  layer_case("gru", "small-B16-T100"), layer_case("rnn", "small-B16-T100")]
         return _jobs(cases, ("fp32",), ("fastcells", "native", "reference"))
     order = [layer_case(op, name) for name, ops in LAYERS_PRIORITY for op in ops]
     rest = [c for pair in zip(layer_cases("lstm"), layer_cases("gru")) for c in pair]
     order += [c for c in rest + layer_cases("rnn") if c not in order]
     return _jobs(order, LAYERS_DTYPES, ("fastcells", "native"))
+
+
+PLANS = ("full", "quick", "layers", "smoke")
 
 
 def plan(mode, device):
@@ -260,9 +264,6 @@ def plan(mode, device):
                       ("fp32", "bf16"), CLIP_IMPLS)
         return jobs
     raise ValueError(f"unknown plan {mode!r}; expected one of {', '.join(PLANS)}")
-
-
-PLANS = ("full", "quick", "layers", "smoke")
 
 
 def select(jobs, ops=None, dtypes=None, impls=None):

@@ -2,8 +2,8 @@
 the PNG plots drawn from it).
 
     python bench/run.py --quick                      # the GPU check's small run
-    python bench/run.py --layers --budget-s 420      # recurrent layers, fastcells vs native,
-                                                     # most important first (about 8 minutes)
+    python bench/run.py --layers                     # recurrent layers, fastcells vs native,
+                                                     # most important first, within 8 minutes
     python bench/run.py                              # every case, dtype and baseline
     python bench/run.py --ops lstm,clip --dtypes bf16 --out /tmp/results
     python bench/run.py --host                       # host time per call (bench/host_overhead.py;
@@ -48,6 +48,9 @@ SETTINGS = {
     "layers": dict(rep_ms=100, warmup_ms=25, host_rep_ms=300, min_reps=5),
     "smoke": dict(rep_ms=1, warmup_ms=1, host_rep_ms=1, min_reps=2),
 }
+# --budget-s when not given: the layers plan holds more than 8 minutes of cases and is meant to
+# end within 8 (no new case starts after 420 s; a started one finishes, the rest are skipped).
+DEFAULT_BUDGET_S = {"layers": 420.0}
 SMOKE_FLOORS = dict(copy_elems=2**16, matmul_n=64, rep_ms=1, step_n=100)
 # Row fields, in order: the schema first, then what the report and plots use.
 SCHEMA = ("op", "impl", "pass", "dtype", "shape", "ms", "ms_p20", "ms_p80", "floor_ms",
@@ -277,7 +280,7 @@ def parse_args(argv):
     plans.add_argument("--quick", action="store_true", help="the small plan of the GPU check")
     plans.add_argument("--layers", action="store_true",
                        help="the recurrent layers, fastcells against native, most important first "
-                            "(bf16, fp32, fp16); pair it with --budget-s")
+                            "(bf16, fp32, fp16); --budget-s defaults to 420 here")
     plans.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny shapes: tests
     p.add_argument("--ops", help="comma list of " + ", ".join(["layers", "cells", *cases.OPS]))
     p.add_argument("--dtypes", help="comma list of " + ", ".join(cases.DTYPES))
@@ -315,7 +318,10 @@ def main(argv=None):
     env, _ = environment(device)
     path = result_path(args.out, env, mode)
     print(f"{mode} run: {len(jobs)} cases -> {path}", flush=True)
-    meta, rows = run(jobs, device, mode=mode, budget_s=args.budget_s,
+    budget_s = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S.get(mode)
+    if budget_s is not None:
+        print(f"time budget: no new case starts after {budget_s:.0f} s", flush=True)
+    meta, rows = run(jobs, device, mode=mode, budget_s=budget_s,
                      log=lambda s: print(s, flush=True),
                      on_rows=lambda m, r: write_json(path, m, r),
                      floors_kw=SMOKE_FLOORS if mode == "smoke" else None)

@@ -41,14 +41,28 @@ class LayerCase:
     H: int
     layers: int = 1
     bidirectional: bool = False
+    # A packed batch: each sequence's length (T = the longest); None for a padded batch.
+    lengths: tuple = field(default=None, repr=False)
 
     @property
     def passes(self):
         return PASSES
 
+    @property
+    def packed(self):
+        return self.lengths is not None
+
+    @property
+    def rows(self):
+        """The (step, sequence) pairs a layer computes: T*B padded, the sum of lengths packed."""
+        return sum(self.lengths) if self.packed else self.T * self.B
+
     def shape(self):
-        return dict(T=self.T, B=self.B, I=self.I, H=self.H, layers=self.layers,
-                    bidirectional=self.bidirectional)
+        out = dict(T=self.T, B=self.B, I=self.I, H=self.H, layers=self.layers,
+                   bidirectional=self.bidirectional)
+        if self.packed:
+            out.update(lengths=f"{min(self.lengths)}..{max(self.lengths)}", active=self.rows)
+        return out
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,18 @@ class ClipCase:
         return dict(tensors=len(self.shapes), numel=self.numel, params=self.description)
 
 
+def spread_lengths(B, T, seed=0):
+    """B sequence lengths evenly spaced over 1..T (rounded), in a fixed shuffled order (a seeded
+    permutation: a real batch is not sorted, so packing must sort it)."""
+    lengths = np.rint(np.linspace(1, T, B)).astype(int)
+    return tuple(int(n) for n in np.random.default_rng(seed).permutation(lengths))
+
+
+def packed_case(op, B, T, I, H):
+    """A PackedSequence of B sequences with lengths spread over 1..T (``spread_lengths``)."""
+    return LayerCase(op, f"packed-B{B}-T{T}", T=T, B=B, I=I, H=H, lengths=spread_lengths(B, T))
+
+
 def layer_cases(op):
     """The standard layer shapes of one op (lstm, gru or rnn)."""
     cases = [LayerCase(op, "fastrnns", T=100, B=64, I=512, H=512)]
@@ -102,6 +128,7 @@ def layer_cases(op):
     cases.append(LayerCase(op, "flashrnn-1head", T=1024, B=16, I=768, H=768))
     cases.append(LayerCase(op, "fastrnns-2L-bidir", T=100, B=64, I=512, H=512, layers=2,
                            bidirectional=True))
+    cases.append(packed_case(op, B=64, T=100, I=512, H=512))
     return cases
 
 
@@ -160,6 +187,35 @@ def _jobs(cases, dtypes, impls):
     return [Job(c, tuple(dtypes), tuple(impls)) for c in cases]
 
 
+# The layers plan on a GPU, most important first: (case name, ops), then the rest of
+# layer_cases for lstm and gru, then rnn.
+LAYERS_PRIORITY = (("fastrnns", ("lstm", "gru")), ("small-B16-T1024", ("lstm", "gru")),
+                   ("small-B1-T1024", ("lstm",)), ("flashrnn-1head", ("lstm",)),
+                   ("fastrnns-2L-bidir", ("lstm",)), ("large-H1024", ("lstm",)),
+                   ("packed-B64-T100", ("lstm",)))
+LAYERS_DTYPES = ("bf16", "fp32", "fp16")        # bf16 first: most of the targets are bf16
+
+
+def _layers_plan(cuda):
+    """``layers``: fastcells against native for the recurrent layers, in priority order (see
+    LAYERS_PRIORITY).  On CPU: the small-batch shape (B=16, H=256, T=100) for lstm, a packed
+    batch of 16 sequences of lengths 1..100 at H=256 (lstm), the small-batch shape for gru and
+    rnn, in fp32, with the eager reference beside native (the Triton kernels are not timed
+    there)."""
+    if not cuda:
+        cases = [layer_case("lstm", "small-B16-T100"),
+                 packed_case("lstm", B=16, T=100, I=256, H=256),
+                 layer_case("gru", "small-B16-T100"), layer_case("rnn", "small-B16-T100")]
+        return _jobs(cases, ("fp32",), ("fastcells", "native", "reference"))
+    order = [layer_case(op, name) for name, ops in LAYERS_PRIORITY for op in ops]
+    rest = [c for pair in zip(layer_cases("lstm"), layer_cases("gru")) for c in pair]
+    order += [c for c in rest + layer_cases("rnn") if c not in order]
+    return _jobs(order, LAYERS_DTYPES, ("fastcells", "native"))
+
+
+PLANS = ("full", "quick", "layers", "smoke")
+
+
 def plan(mode, device):
     """The jobs of a run, most important first (a time budget cuts from the end).
 
@@ -167,7 +223,8 @@ def plan(mode, device):
     LSTM, GRU and RNN in fp32 and bf16 against cuDNN, the cell loop and the reference; the LSTM
     cell at B=64 H=512 and at B=1024 H=256 (an RL rollout step), the GRU cell at B=64 H=512;
     the three clip sets; one torch.compile case.  On CPU, ``quick`` takes the small-batch shape
-    (B=16, H=256, T=100) and fp32 only, which a CPU times in seconds.  ``smoke``: tiny shapes
+    (B=16, H=256, T=100) and fp32 only, which a CPU times in seconds.  ``layers``: the recurrent
+    layers, fastcells against native, in priority order (``_layers_plan``).  ``smoke``: tiny shapes
     that only check the code runs (the default test suite's smoke test)."""
     cuda = device.type == "cuda"
     if mode == "full":
@@ -190,19 +247,23 @@ def plan(mode, device):
                         ("fastcells", "native", "reference"))
                 + _jobs(layers, dtypes, ("cell_loop", "reference"))
                 + _jobs(layers[:1], ("fp32",), ("reference_compiled",)))
+    if mode == "layers":
+        return _layers_plan(cuda)
     if mode == "smoke":
         jobs = []
         for op in LAYER_OPS:
             jobs += _jobs([LayerCase(op, "tiny", T=3, B=2, I=5, H=7)], ("fp32",), LAYER_IMPLS[:4])
         jobs += _jobs([LayerCase("lstm", "tiny-2L-bidir", T=3, B=2, I=5, H=6, layers=2,
                                  bidirectional=True)], ("fp32", "bf16"), LAYER_IMPLS[:4])
+        jobs += _jobs([packed_case("lstm", B=4, T=5, I=5, H=7)], ("fp32",),
+                      ("fastcells", "native", "reference"))
         for op in CELL_OPS:
             jobs += _jobs([CellCase(op, "tiny", B=3, I=5, H=7)], ("fp32",), CELL_IMPLS[:3])
         jobs += _jobs([ClipCase("tiny", ((7, 5), (5,), (3, 3)), "3 small tensors"),
                        ClipCase("tiny-50", small_shapes(50), "50 small tensors")],
                       ("fp32", "bf16"), CLIP_IMPLS)
         return jobs
-    raise ValueError(f"unknown plan {mode!r}; expected 'quick', 'full' or 'smoke'")
+    raise ValueError(f"unknown plan {mode!r}; expected one of {', '.join(PLANS)}")
 
 
 def select(jobs, ops=None, dtypes=None, impls=None):

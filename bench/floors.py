@@ -12,7 +12,9 @@ The rates are measured once per run on the device itself (not taken from a datas
 The models (s = bytes per element of the dtype; G = gates: LSTM 4, GRU 3, RNN 1; D = 2 when
 bidirectional, else 1; a layer l reads I_l = I (l = 0) or D*H (l > 0) features):
 
-Recurrent layer (summed over layers and directions), and a cell (one step: T = 1, one layer):
+Recurrent layer (summed over layers and directions), and a cell (one step: T = 1, one layer).
+For a packed batch, T*B below is the sum of the sequence lengths (only active rows are work);
+the dependent steps stay T, the longest sequence:
 
 * FLOPs fwd = sum 2*T*B*(I_l + H)*G*H    (the input and recurrent matmuls; gate arithmetic
   is O(T*B*G*H) and left out); bwd = 2 * fwd (the data and the weight gradients);
@@ -49,20 +51,22 @@ CPU_STEP_NOTE = "not measured on CPU: the sequential bound is left out of the fl
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
-def layer_model(mode, T, B, I, H, layers=1, bidirectional=False):
+def layer_model(mode, T, B, I, H, layers=1, bidirectional=False, rows=None):
     """{'fwd': (flops, bytes per element size), 'bwd': ..., 'fwd+bwd': ...} of a recurrent
-    layer stack; multiply the second entry by the element size for bytes."""
+    layer stack; multiply the second entry by the element size for bytes.  ``rows``: the
+    (step, sequence) pairs computed, T*B unless given (a packed batch: the sum of lengths)."""
     G = GATES[mode]
+    rows = T * B if rows is None else rows
     D = 2 if bidirectional else 1
     flops = weights = inputs = outputs = saved = 0
     states = (2 if mode == "lstm" else 1) * layers * D * B * H      # h0 (and c0)
     for layer in range(layers):
         i_l = I if layer == 0 else D * H
-        flops += D * 2 * T * B * (i_l + H) * G * H
+        flops += D * 2 * rows * (i_l + H) * G * H
         weights += D * (G * H * (i_l + H) + 2 * G * H)
-        inputs += T * B * i_l
-        outputs += T * B * D * H
-        saved += D * T * B * G * H
+        inputs += rows * i_l
+        outputs += rows * D * H
+        saved += D * rows * G * H
     fwd = weights + inputs + states + outputs + states
     bwd = 2 * weights + 2 * (inputs + states) + outputs + states + saved
     return {"fwd": (flops, fwd), "bwd": (2 * flops, bwd), "fwd+bwd": (3 * flops, fwd + bwd + saved)}
@@ -75,7 +79,8 @@ def model(case):
         return clip_model(case.numel)
     if case.op.endswith("_cell"):
         return layer_model(case.op[: -len("_cell")], 1, case.B, case.I, case.H)
-    return layer_model(case.op, case.T, case.B, case.I, case.H, case.layers, case.bidirectional)
+    return layer_model(case.op, case.T, case.B, case.I, case.H, case.layers, case.bidirectional,
+                       case.rows)
 
 
 def dependent_steps(case, pass_):

@@ -2,6 +2,8 @@
 the PNG plots drawn from it).
 
     python bench/run.py --quick                      # the GPU check's small run
+    python bench/run.py --layers                     # recurrent layers, fastcells vs native,
+                                                     # most important first, within 8 minutes
     python bench/run.py                              # every case, dtype and baseline
     python bench/run.py --ops lstm,clip --dtypes bf16 --out /tmp/results
     python bench/run.py --host                       # host time per call (bench/host_overhead.py;
@@ -43,8 +45,12 @@ CPU_NOTICE = (
 SETTINGS = {
     "full": dict(rep_ms=100, warmup_ms=25, host_rep_ms=300, min_reps=5),
     "quick": dict(rep_ms=100, warmup_ms=25, host_rep_ms=300, min_reps=5),
+    "layers": dict(rep_ms=100, warmup_ms=25, host_rep_ms=300, min_reps=5),
     "smoke": dict(rep_ms=1, warmup_ms=1, host_rep_ms=1, min_reps=2),
 }
+# --budget-s when not given: the layers plan holds more than 8 minutes of cases and is meant to
+# end within 8 (no new case starts after 420 s; a started one finishes, the rest are skipped).
+DEFAULT_BUDGET_S = {"layers": 420.0}
 SMOKE_FLOORS = dict(copy_elems=2**16, matmul_n=64, rep_ms=1, step_n=100)
 # Row fields, in order: the issue's schema first, then what the report and plots use.
 SCHEMA = ("op", "impl", "pass", "dtype", "shape", "ms", "ms_p20", "ms_p80", "floor_ms",
@@ -239,7 +245,7 @@ def write_json(path, meta, rows):
 
 
 def result_path(out_dir, env, mode):
-    """bench/results/2026-11-26_NVIDIA-H100-80GB-HBM3[_quick].json, never overwriting."""
+    """bench/results/2026-11-26_NVIDIA-H100-80GB-HBM3[_quick|_layers].json, never overwriting."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{env['date'][:10]}_{slug(env['device'])}" + ("" if mode == "full" else f"_{mode}")
@@ -270,8 +276,12 @@ def _names(text, allowed, what, aliases=None, groups=None):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="the small plan of the GPU check")
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny shapes: tests
+    plans = p.add_mutually_exclusive_group()
+    plans.add_argument("--quick", action="store_true", help="the small plan of the GPU check")
+    plans.add_argument("--layers", action="store_true",
+                       help="the recurrent layers, fastcells against native, most important first "
+                            "(bf16, fp32, fp16); --budget-s defaults to 420 here")
+    plans.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny shapes: tests
     p.add_argument("--ops", help="comma list of " + ", ".join(["layers", "cells", *cases.OPS]))
     p.add_argument("--dtypes", help="comma list of " + ", ".join(cases.DTYPES))
     p.add_argument("--impls", help="comma list of " + ", ".join(cases.IMPLS))
@@ -294,7 +304,8 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = ("smoke" if args.smoke else "quick" if args.quick else "layers" if args.layers
+            else "full")
     jobs = cases.select(
         cases.plan(mode, device),
         ops=_names(args.ops, cases.OPS, "op", groups=cases.OP_GROUPS),
@@ -307,7 +318,10 @@ def main(argv=None):
     env, _ = environment(device)
     path = result_path(args.out, env, mode)
     print(f"{mode} run: {len(jobs)} cases -> {path}", flush=True)
-    meta, rows = run(jobs, device, mode=mode, budget_s=args.budget_s,
+    budget_s = args.budget_s if args.budget_s is not None else DEFAULT_BUDGET_S.get(mode)
+    if budget_s is not None:
+        print(f"time budget: no new case starts after {budget_s:.0f} s", flush=True)
+    meta, rows = run(jobs, device, mode=mode, budget_s=budget_s,
                      log=lambda s: print(s, flush=True),
                      on_rows=lambda m, r: write_json(path, m, r),
                      floors_kw=SMOKE_FLOORS if mode == "smoke" else None)

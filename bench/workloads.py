@@ -14,6 +14,12 @@ Recurrent layers and cells:
                         instead took 90 s (forward and backward) for one LSTM at T=100, B=16,
                         H=256 on the 2-core development CPU, and grows with T.
 
+A packed case (``LayerCase.lengths``) times fastcells, native and reference on a PackedSequence
+built inside the timed forward from the padded (T, B, I) input and the host lengths
+(``pack_padded_sequence(..., enforce_sorted=False)``: packing is part of what a user pays); the
+output is the packed output's ``.data`` (sum of lengths, D*H).  The step loops take padded
+batches only.
+
 Passes: ``fwd`` (a training forward: autograd records), ``bwd`` (``torch.autograd.grad`` of
 the outputs against random output gradients, on a graph kept from one forward), ``fwd+bwd``.
 Gradients are taken for the input and every parameter (for cells also the incoming state), as a
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fastcells
 from fastcells import reference
@@ -61,6 +68,9 @@ def not_applicable(case, impl, device, allow_interpreter=False):
             return "fastcells.clip_grad_norm_ is not importable from this checkout"
     if impl == "cell_loop" and not isinstance(case, LayerCase):
         return "the cell loop is a layer baseline"
+    if impl in ("cell_loop", "reference_compiled") and getattr(case, "packed", False):
+        return ("the step loops run padded batches only: a packed batch (shrinking batch per "
+                "step) is timed for fastcells, native and reference")
     return None
 
 
@@ -153,7 +163,8 @@ def _layer(case, impl, dtype, device):
     x = torch.randn(case.T, case.B, case.I, device=device, dtype=dtype, requires_grad=True)
     h0 = torch.randn(case.layers * D, case.B, case.H, device=device, dtype=dtype)
     hx = (h0, torch.randn_like(h0)) if lstm else h0
-    dy = [torch.randn(case.T, case.B, D * case.H, device=device, dtype=dtype)]
+    rows = (case.rows,) if case.packed else (case.T, case.B)
+    dy = [torch.randn(*rows, D * case.H, device=device, dtype=dtype)]
     if impl in ("native", "fastcells", "reference"):
         net = base
         if impl != "native":
@@ -162,7 +173,17 @@ def _layer(case, impl, dtype, device):
                                    backend="triton" if impl == "fastcells" else "reference")
             net = net.to(device=device, dtype=dtype)
             net.load_state_dict(base.state_dict())
-        return _passes(lambda: (net(x, hx)[0],), [x, *net.parameters()], dy)
+        if not case.packed:
+            return _passes(lambda: (net(x, hx)[0],), [x, *net.parameters()], dy)
+        lengths = torch.tensor(case.lengths)        # on the host, as pack_padded_sequence wants
+
+        def forward():
+            # Packing is timed too: a user pays for it on every call.
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            return (net(packed, hx)[0].data,)
+        return _passes(forward, [x, *net.parameters()], dy)
+    if case.packed:
+        raise ValueError(not_applicable(case, impl, device))
     weights = _layer_weights(base, case.layers, D)
     if impl == "cell_loop":
         cells = []

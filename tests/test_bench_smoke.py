@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.append(str(ROOT))   # appended: the installed fastcells keeps precedence
 
-from bench import cases, report, run, workloads  # noqa: E402
+from bench import cases, floors, report, run, workloads  # noqa: E402
 from bench.cases import CellCase, ClipCase, Job, LayerCase  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,10 +66,11 @@ def test_fastcells_rows_and_their_report(tmp_path):
     speed), and the comparison table and speed-up plot drawn from those rows."""
     jobs = [Job(LayerCase("lstm", "tiny", T=3, B=2, I=5, H=7), ("fp32",), ("fastcells", "native")),
             Job(CellCase("gru_cell", "tiny", B=3, I=5, H=7), ("fp32",), ("fastcells", "native")),
-            Job(ClipCase("tiny", ((7, 5), (5,), (3, 3))), ("fp32",), ("fastcells", "torch_loop"))]
+            Job(ClipCase("tiny", ((7, 5), (5,), (3, 3))), ("fp32",), ("fastcells", "torch_loop")),
+            Job(cases.packed_case("gru", B=4, T=5, I=3, H=6), ("fp32",), ("fastcells", "native"))]
     meta, rows = run.run(jobs, DEVICE, mode="smoke", allow_interpreter=True, **QUIET)
     check_rows(rows)
-    assert len(rows) == 2 * 3 + 2 * 3 + 2
+    assert len(rows) == 2 * 3 + 2 * 3 + 2 + 2 * 3
     assert {r["impl"] for r in rows} == {"fastcells", "native", "torch_loop"}
     path = tmp_path / "rows.json"
     run.write_json(path, meta, rows)
@@ -87,3 +88,51 @@ def test_cpu_mode_never_times_triton_without_the_interpreter(monkeypatch):
                                           allow_interpreter=True)
     assert reason and "GPU" in reason
     assert workloads.not_applicable(case, "native", torch.device("cpu")) is None
+
+
+def test_packed_case_times_packing_and_counts_active_rows(monkeypatch):
+    case = cases.packed_case("lstm", B=4, T=5, I=3, H=6)
+    assert sorted(case.lengths) == [1, 2, 4, 5] and case.rows == 12 and case.T == max(case.lengths)
+    assert list(case.lengths) != sorted(case.lengths, reverse=True)   # packing has to sort
+    assert case.shape()["active"] == 12
+    padded = LayerCase("lstm", "p", T=5, B=4, I=3, H=6)
+    for pass_ in cases.PASSES:      # only the active rows are work; the steps stay T
+        (f_packed, e_packed), (f_padded, e_padded) = (
+            floors.model(case)[pass_], floors.model(padded)[pass_])
+        assert f_packed * 20 == f_padded * 12 and e_packed < e_padded
+        assert floors.dependent_steps(case, pass_) == floors.dependent_steps(padded, pass_)
+    calls, real = [], workloads.pack_padded_sequence
+    monkeypatch.setattr(workloads, "pack_padded_sequence",
+                        lambda *a, **k: calls.append(k) or real(*a, **k))
+    passes = workloads.build(case, "native", torch.float32, torch.device("cpu"))
+    (out,) = passes["fwd"].fn()          # packs inside the timed call, every call
+    passes["fwd+bwd"].fn()
+    assert out.shape == (12, 6) and calls == [dict(enforce_sorted=False)] * 2
+    for impl in ("cell_loop", "reference_compiled"):
+        assert "padded" in workloads.not_applicable(case, impl, torch.device("cpu"))
+
+
+def test_layers_plan_order(tmp_path):
+    """The GPU plan (not run here): most important first, bf16 first, fastcells vs native."""
+    jobs = cases.plan("layers", torch.device("cuda"))
+    head = [(j.case.op, j.case.name) for j in jobs[:9]]
+    assert head == [("lstm", "fastrnns"), ("gru", "fastrnns"), ("lstm", "small-B16-T1024"),
+                    ("gru", "small-B16-T1024"), ("lstm", "small-B1-T1024"),
+                    ("lstm", "flashrnn-1head"), ("lstm", "fastrnns-2L-bidir"),
+                    ("lstm", "large-H1024"), ("lstm", "packed-B64-T100")]
+    packed = jobs[8].case
+    assert (packed.B, packed.T, packed.I, packed.H, packed.rows) == (64, 100, 512, 512, 3232)
+    assert sorted(packed.lengths)[0] == 1 and max(packed.lengths) == 100
+    assert all(j.dtypes == ("bf16", "fp32", "fp16") and j.impls == ("fastcells", "native")
+               for j in jobs)
+    ops = [j.case.op for j in jobs]
+    assert ops.index("rnn") == len(ops) - ops[::-1].index("gru") and ops.count("rnn") == len(
+        cases.layer_cases("rnn"))
+    keys = [(j.case.op, j.case.name) for j in jobs]
+    assert len(set(keys)) == len(keys) == 3 * len(cases.layer_cases("lstm"))
+    cpu = cases.plan("layers", torch.device("cpu"))     # what a CPU run times: small, fp32
+    assert any(j.case.packed for j in cpu) and all(j.dtypes == ("fp32",) and j.case.H <= 256
+                                                  for j in cpu)
+    env = dict(date="2026-01-01T00:00:00Z", device="NVIDIA H100")
+    assert run.result_path(tmp_path, env, "layers").name.endswith("_layers.json")
+    assert run.parse_args(["--layers", "--budget-s", "420"]).layers

@@ -34,9 +34,10 @@ PY="${PYTHON:-$(command -v python3 || command -v python)}"
 BUDGET_S="${FASTCELLS_CHECK_BUDGET_S:-450}"
 TESTS_MAX_S=${FASTCELLS_CHECK_TESTS_S:-240}   # the test suite's share at most
 BENCH_MIN_S=${FASTCELLS_CHECK_BENCH_S:-150}   # what the quick benchmark is left at least
-REPORT_S=40              # the table and plots
+REPORT_S=${FASTCELLS_CHECK_REPORT_S:-40}   # the table and plots
+LAYERS_S=${FASTCELLS_CHECK_LAYERS_S:-0}    # the layers plan after the quick benchmark (0: none)
 SWEEP_S=80               # each sweep's share at most (GPU only)
-HOST_S=60                # the host-overhead stage at most (GPU only)
+HOST_S=${FASTCELLS_CHECK_HOST_S:-60}       # the host-overhead stage at most (GPU only)
 SWEEPS_S=0               # what the chosen sweeps are kept
 case $SWEEPS in *,tile,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 case $SWEEPS in *,recurrence,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
@@ -178,7 +179,7 @@ if [ $HAS_CUDA -eq 1 ]; then
   # CPU cores with pytest-xdist where it is installed.
   XDIST=()
   "$PY" -c "import xdist" 2> /dev/null && XDIST=(-n 12)
-  stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - HOST_S - SWEEPS_S - REPORT_S )))" "$OUT/tests.log" \
+  stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - HOST_S - SWEEPS_S - REPORT_S - LAYERS_S )))" "$OUT/tests.log" \
     "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 "${XDIST[@]}" --junitxml="$OUT/tests.xml"
 else
   say "No CUDA GPU: the full test suite is CI's job (bash .ci/run); running the bench smoke test only."
@@ -192,7 +193,7 @@ grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" | head -n 30 | tee -a "$LOG"
 # 3a. Host enqueue time and device time per call, fastcells against torch.nn (cells, a T=16
 #     layer): the calls whose cost is the host path.
 if [ $HAS_CUDA -eq 1 ]; then
-  stage host "$(min $HOST_S $(( $(left) - BENCH_MIN_S - SWEEPS_S - REPORT_S )))" "$OUT/host_overhead.log" \
+  stage host "$(min $HOST_S $(( $(left) - BENCH_MIN_S - SWEEPS_S - REPORT_S - LAYERS_S )))" "$OUT/host_overhead.log" \
     "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"
   tail -n 7 "$OUT/host_overhead.log"
 fi
@@ -201,24 +202,33 @@ fi
 #     batches (the rows dispatch.RULES come from); the step kernels' tiles and CUDA graphs on/off
 #     at the fastrnns shape.
 if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,recurrence,* ]]; then
-  LIMIT=$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S )))
+  LIMIT=$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))
   stage recurrence "$LIMIT" "$OUT/recurrence_sweep.log" \
     "$PY" bench/recurrence_sweep.py --out "$OUT/recurrence_sweep.json" --budget-s $(( LIMIT > 40 ? LIMIT - 25 : 15 ))
   tail -n 12 "$OUT/recurrence_sweep.log"
 fi
 if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,tile,* ]]; then
-  stage sweep "$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S )))" "$OUT/tile_sweep.log" \
+  stage sweep "$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))" "$OUT/tile_sweep.log" \
     "$PY" bench/tile_sweep.py --out "$OUT/tile_sweep.json"
   tail -n 22 "$OUT/tile_sweep.log"
 fi
 
 # 4. The quick benchmark: rows written after every case; a soft budget stops it starting new
 #    cases in time, and `timeout` is the hard stop.
-BENCH_S=$(( $(left) - REPORT_S ))
+BENCH_S=$(( $(left) - REPORT_S - LAYERS_S ))
 stage bench "$BENCH_S" "$OUT/bench.log" \
   "$PY" bench/run.py --quick "${SELECTION[@]}" --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
 [ -f "$OUT/bench.log" ] && tail -n 3 "$OUT/bench.log"
 JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
+
+# 4b. The layers plan (bench/run.py --layers: fastcells against native over the layer cases,
+#     most important first), where FASTCELLS_CHECK_LAYERS_S gives it time.
+if [ "$LAYERS_S" -gt 0 ]; then
+  LIMIT=$(min $LAYERS_S $(( $(left) - REPORT_S )))
+  stage layers "$LIMIT" "$OUT/layers.log" \
+    "$PY" bench/run.py --layers --out "$OUT" --no-report --budget-s $(( LIMIT > 60 ? LIMIT - 30 : 30 ))
+fi
+LAYERS_JSON="$(ls -t "$OUT"/*_layers*.json 2> /dev/null | head -n 1)"
 
 # 5. The markdown table and the plots, drawn from the rows.
 if [ -n "$JSON" ]; then
@@ -234,8 +244,10 @@ echo
 echo "== gpu_check: $(( SECONDS - START ))s in all; files in $OUT"
 printf '  %s\n' "${STATUS[@]}"
 echo "  tests: ${TESTS_LINE:-no summary line}"
-if [ -n "$JSON" ]; then
-  echo
-  "$PY" bench/report.py --summary --no-write "$JSON" 2>&1 | tee -a "$LOG"
-fi
+for rows in "$JSON" $LAYERS_JSON; do
+  if [ -n "$rows" ]; then
+    echo
+    "$PY" bench/report.py --summary --no-write "$rows" 2>&1 | tee -a "$LOG"
+  fi
+done
 exit $FAILED

@@ -33,6 +33,7 @@ import torch  # noqa: E402
 
 from bench import cases, floors, timing, workloads  # noqa: E402
 from bench.env import ROOT, environment, slug  # noqa: E402
+from fastcells.kernels import cuda_graph  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results"
 CPU_NOTICE = (
@@ -187,6 +188,9 @@ def _run_one(case, impl, dtype, device, env, hw, timer, settings, log):
     rows = []
     if impl == "fastcells" and device.type != "cuda":
         timer = "perf_counter under the Triton interpreter: not a speed"
+    # The peak-memory figure counts the CUDA graphs fastcells keeps between calls: only this
+    # workload's, not those an earlier case left in the cache.
+    cuda_graph.clear()
     try:
         passes = workloads.build(case, impl, dtype, device)
     except Exception as e:  # noqa: BLE001 - a failing implementation is a result, not a crash

@@ -20,9 +20,16 @@ def enabled(device):
             and not torch.cuda.is_current_stream_capturing())
 
 
+def _value(v, out=None):
+    """An input: a tensor, or a producer ``f(out)`` that writes it into ``out`` (a static buffer)
+    or, given None, returns it: a matmul then writes straight into the graph's buffer instead
+    of into a temporary that is copied there."""
+    return v(out) if callable(v) else (v if out is None else out.copy_(v))
+
+
 class _Graphed:
     def __init__(self, inputs, outputs, steps):
-        self.bufs = {k: torch.empty_like(v) for k, v in inputs.items()}
+        self.bufs = {k: torch.empty_like(_value(v)) for k, v in inputs.items()}
         self.bufs.update({k: torch.empty(shape, dtype=dtype, device=dev)
                           for k, (shape, dtype, dev) in outputs.items()})
         for v in self.bufs.values():
@@ -55,13 +62,14 @@ def clear():
     _cache.clear()
 
 
-def run(key, inputs, outputs, steps):
+def run(key, device, inputs, outputs, steps):
     """Run ``steps(bufs)``, a fixed sequence of launches over the tensors in ``bufs``.
 
-    ``inputs``: name -> tensor read by the steps; ``outputs``: name -> (shape, dtype, device) of
-    the tensors the steps write.  Returns ``bufs`` (inputs and outputs by name)."""
-    if key is None or not enabled(next(iter(inputs.values())).device):
-        bufs = dict(inputs)
+    ``inputs``: name -> tensor read by the steps, or a producer of it (see ``_value``);
+    ``outputs``: name -> (shape, dtype, device) of the tensors the steps write.  Returns
+    ``bufs`` (inputs and outputs by name)."""
+    if key is None or not enabled(device):
+        bufs = {k: _value(v) for k, v in inputs.items()}
         bufs.update({k: torch.empty(s, dtype=d, device=dev) for k, (s, d, dev) in outputs.items()})
         steps(bufs)
         return bufs
@@ -72,6 +80,6 @@ def run(key, inputs, outputs, steps):
             _cache.popitem(last=False)
     _cache.move_to_end(key)
     for k, v in inputs.items():
-        g.bufs[k].copy_(v)
+        _value(v, g.bufs[k])
     g.replay()
     return g.bufs

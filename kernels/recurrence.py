@@ -103,8 +103,9 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     has_bias, proj = b_ih is not None, w_hr is not None
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, dev)
     w = w_hh.contiguous()
-    # the hoisted input projection (a single plain step fuses it instead: _single_step)
-    inputs = dict(w=w, h0=h0.contiguous(), xp=torch.matmul(x, w_ih.t()))
+    # the hoisted input projection (a single plain step fuses it instead: _single_step), written
+    # straight into the graph's static buffer when graphed
+    inputs = dict(w=w, h0=h0.contiguous(), xp=lambda out: torch.matmul(x, w_ih.t(), out=out))
     if has_bias:
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
     if spec.has_cell:
@@ -151,7 +152,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
         key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
-    bufs = cuda_graph.run(key, inputs, outputs, steps)
+    bufs = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
     return (keep(bufs["y"]), None if cs is None else keep(cs),
@@ -255,7 +256,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
         key = ("bwd", path, mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
-    b = cuda_graph.run(key, inputs, outputs, steps)
+    b = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     dgx = keep(b["dgx"])
     dgh = keep(b["dgh"]) if spec.split_dgates else dgx

@@ -266,11 +266,12 @@ def plan(mode, device):
     raise ValueError(f"unknown plan {mode!r}; expected one of {', '.join(PLANS)}")
 
 
-def select(jobs, ops=None, dtypes=None, impls=None):
-    """Keep the jobs (and their dtypes and impls) that the CLI's --ops/--dtypes/--impls name."""
+def select(jobs, ops=None, dtypes=None, impls=None, names=None):
+    """Keep the jobs (and their dtypes and impls) that the CLI's --ops/--dtypes/--impls/--cases
+    name."""
     out = []
     for job in jobs:
-        if ops and job.case.op not in ops:
+        if ops and job.case.op not in ops or names and job.case.name not in names:
             continue
         d = tuple(x for x in job.dtypes if not dtypes or x in dtypes)
         i = tuple(x for x in job.impls if not impls or x in impls)

@@ -9,7 +9,9 @@
 #   FASTCELLS_COMMIT=$(git rev-parse HEAD) ...   names the code where the tree has no .git
 #
 # SELECTION: bench/run.py's --ops/--dtypes/--impls for the quick benchmark (default: the whole
-# quick plan).  FASTCELLS_CHECK_SWEEPS (comma list, default "recurrence"): the GPU-only sweeps to
+# quick plan).  FASTCELLS_CHECK_LAYERS_S (seconds, default 0: none) adds the layers plan after it,
+# with FASTCELLS_CHECK_LAYERS_ARGS its selection (e.g. "--ops lstm --cases fastrnns").
+# FASTCELLS_CHECK_SWEEPS (comma list, default "recurrence"): the GPU-only sweeps to
 # run before the benchmark, "recurrence" (step chain against the resident kernel and cuDNN,
 # bench/recurrence_sweep.py) and "tile" (step-kernel tiles, bench/tile_sweep.py); "" for none.
 #
@@ -226,7 +228,7 @@ JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
 if [ "$LAYERS_S" -gt 0 ]; then
   LIMIT=$(min $LAYERS_S $(( $(left) - REPORT_S )))
   stage layers "$LIMIT" "$OUT/layers.log" \
-    "$PY" bench/run.py --layers --out "$OUT" --no-report --budget-s $(( LIMIT > 60 ? LIMIT - 30 : 30 ))
+    "$PY" bench/run.py --layers ${FASTCELLS_CHECK_LAYERS_ARGS:-} --out "$OUT" --no-report --budget-s $(( LIMIT > 60 ? LIMIT - 30 : 30 ))
 fi
 LAYERS_JSON="$(ls -t "$OUT"/*_layers*.json 2> /dev/null | head -n 1)"
 

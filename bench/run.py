@@ -287,6 +287,7 @@ def parse_args(argv):
                             "(bf16, fp32, fp16); --budget-s defaults to 420 here")
     plans.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # tiny shapes: tests
     p.add_argument("--ops", help="comma list of " + ", ".join(["layers", "cells", *cases.OPS]))
+    p.add_argument("--cases", help="comma list of case names (fastrnns, packed-B64-T100, ...)")
     p.add_argument("--dtypes", help="comma list of " + ", ".join(cases.DTYPES))
     p.add_argument("--impls", help="comma list of " + ", ".join(cases.IMPLS))
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results folder (default bench/results)")
@@ -314,9 +315,11 @@ def main(argv=None):
         cases.plan(mode, device),
         ops=_names(args.ops, cases.OPS, "op", groups=cases.OP_GROUPS),
         dtypes=_names(args.dtypes, cases.DTYPES, "dtype", aliases=cases.DTYPE_ALIASES),
-        impls=_names(args.impls, cases.IMPLS, "implementation"))
+        impls=_names(args.impls, cases.IMPLS, "implementation"),
+        names=[n.strip() for n in args.cases.split(",") if n.strip()] if args.cases else None)
     if not jobs:
-        raise SystemExit("nothing to run: --ops/--dtypes/--impls left no case of this plan")
+        raise SystemExit("nothing to run: --ops/--dtypes/--impls/--cases left no case of this "
+                         "plan")
     if device.type != "cuda":
         print(f"NOTE: {CPU_NOTICE}", flush=True)
     env, _ = environment(device)

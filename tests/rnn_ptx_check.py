@@ -66,6 +66,11 @@ def variants():
             yield (f"{family}-bwd-resident-{dtype}-len{lengths}", rbwd, dtype,
                    dict(base, HAS_BATCH_SIZES=lengths, HAS_DCN=True))
         if dtype == tl.float32:
+            # fp32 at full precision (torch.backends.cudnn.allow_tf32 = False)
+            for kind, kernel, flags in (("fwd", rfwd, dict(HAS_BIAS=True)),
+                                        ("bwd", rbwd, dict(HAS_DCN=True))):
+                yield (f"{family}-{kind}-resident-{dtype}-ieee", kernel, dtype,
+                       {**base, "PRECISION": "ieee", "HAS_BATCH_SIZES": True, **flags})
             # Triton specializes an integer argument equal to 1 into a constant (B = 1: one
             # sequence; H = 1): a kernel must compile that way too.
             ones = dict(B=1, H=1, K=1, I=1)

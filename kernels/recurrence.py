@@ -201,6 +201,8 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
     ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype."""
     spec = CELLS[mode]
+    if y.shape[0] == 1 and batch_sizes is None and w_hr is None:
+        return _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn)
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, y.device)
     T, B, K = y.shape
     GH = w_hh.shape[0]
@@ -325,6 +327,38 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     if dhs is not None:
         dw_hr = torch.einsum("tbnk,tbnh->nkh", g(dhs), g(m).to(acc)).to(dt)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
+    """``layer_backward_steps`` for one step (a cell) without packing or projection: one launch,
+    nothing allocated but the outputs (``_single_step`` is its forward)."""
+    _, B, K = y.shape
+    GH = w_hh.shape[0]
+    H = GH // spec.gates
+    dt, dev = y.dtype, y.device
+    acc = acc_dtype(dt)
+    dgx = torch.empty((1, B, GH), dtype=dt, device=dev)
+    dgh = torch.empty((1, B, GH), dtype=dt, device=dev) if spec.split_dgates else dgx
+    carry = torch.empty((B, K), dtype=acc, device=dev)
+    dc = torch.empty((B, H), dtype=acc, device=dev) if spec.has_cell else None
+    has_dcn = spec.has_cell and dcn is not None
+    if B == 0 or H == 0:
+        for buf in {id(t): t for t in (dgx, dgh, carry, dc) if t is not None}.values():
+            buf.zero_()
+        if has_dcn:
+            dc.copy_(dcn)
+        return dgx, dgh, carry, dc, None
+    grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
+    spec.bwd[grid](
+        dy_ptr=dy.contiguous(), w_ptr=w_hh.contiguous(),
+        saved_ptr=dgx if saved is None else saved, h0_ptr=h0.contiguous(), y_ptr=y,
+        c0_ptr=c0.contiguous() if spec.has_cell else dgx, cs_ptr=cs if spec.has_cell else dgx,
+        dcn_ptr=dcn.contiguous() if has_dcn else dgx, dgx_ptr=dgx, dgh_ptr=dgh,
+        carry_ptr=carry, dc_ptr=carry if dc is None else dc, batch_sizes_ptr=dgx, t=0, T=1,
+        B=B, H=H, K=K, HAS_BATCH_SIZES=False, PROJ=False, HAS_DCN=has_dcn,
+        **meta, **spec.extra,
+    )
+    return dgx, dgh, carry, dc, None
 
 
 def _projected_dh(b, t, T, B, batch_sizes_host):

@@ -29,10 +29,12 @@ def _value(v, out=None):
 
 class _Graphed:
     def __init__(self, inputs, outputs, steps):
-        # the warm-up runs on these: the call's own inputs, and zeroed outputs
-        self.bufs = {k: _value(v).clone() for k, v in inputs.items()}
-        self.bufs.update({k: torch.zeros(shape, dtype=dtype, device=dev)
+        self.bufs = {k: torch.empty_like(_value(v)) for k, v in inputs.items()}
+        self.bufs.update({k: torch.empty(shape, dtype=dtype, device=dev)
                           for k, (shape, dtype, dev) in outputs.items()})
+        for v in self.bufs.values():
+            if v.is_floating_point():
+                v.zero_()  # the warm-up runs on these: keep it finite
         self._capture(steps)
 
     def _capture(self, steps):

@@ -59,12 +59,10 @@ def _launch_config(B, H, K, dtype):
     return cfg
 
 
-def _graphable(T, proj):
-    # A single step launches directly (a graph would add copies in and out); the projected LSTM
-    # runs torch ops between steps, sliced by the host's batch sizes: it launches step by step.
-    # Packed batches are graphed: the kernels read the rows active at each step from a device
-    # tensor, a static input of the graph, so one graph serves every set of lengths.
-    return T > 1 and not proj
+def _graphable(T, rows, proj):
+    # A single step launches directly (a graph would add copies in and out); packed batches vary
+    # per call and the projected LSTM runs torch ops between steps: both launch step by step.
+    return T > 1 and rows is None and not proj
 
 
 def _active_rows(batch_sizes, device):
@@ -112,8 +110,6 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
     if spec.has_cell:
         inputs["c0"] = c0.contiguous()
-    if batch_sizes_dev is not None:
-        inputs["rows"] = batch_sizes_dev
     outputs = dict(y=((T, B, K), dt, dev))
     if spec.has_cell:
         outputs["cs"] = ((T, B, H), dt if T == 1 else acc_dtype(dt), dev)
@@ -128,9 +124,8 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
         tiles = resident_tiles(H, dt)
 
     def steps(b):
-        rows = b.get("rows")
         if path == "resident":   # the whole time loop in one launch (kernels/resident.py)
-            resident_forward(mode, b, T, B, H, K, rows, has_bias)
+            resident_forward(mode, b, T, B, H, K, batch_sizes_dev, has_bias)
             return
         y = b["y"]
         if B == 0:
@@ -145,8 +140,8 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
                 xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
                 b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
                 c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=cs, out_ptr=m if proj else y,
-                saved_ptr=b.get("saved", y), batch_sizes_ptr=y if rows is None else rows,
-                t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=rows is not None,
+                saved_ptr=b.get("saved", y), batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
+                t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
                 PROJ=proj, FUSE_X=False, **meta, **spec.extra,
             )
             if proj:
@@ -155,9 +150,8 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
                     y[t, batch_sizes_host[t]:] = (b["h0"] if t == 0 else y[t - 1])[batch_sizes_host[t]:]
 
     key = None
-    if _graphable(T, proj) and cuda_graph.enabled(dev):
-        key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, "rows" in inputs, tiles,
-               _stream_key(dev))
+    if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
+        key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
@@ -217,8 +211,6 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
         inputs.update(c0=c0.contiguous(), cs=cs)
         if dcn is not None:
             inputs["dcn"] = dcn.contiguous()
-    if batch_sizes_dev is not None:
-        inputs["rows"] = batch_sizes_dev
     if proj:
         inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m)
     outputs = dict(dgx=((T, B, GH), dt, dev), carry=((B, K), acc, dev))
@@ -236,9 +228,8 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
         tiles = resident_tiles(H, dt)
 
     def steps(b):
-        rows = b.get("rows")
         if path == "resident":
-            resident_backward(mode, b, T, B, H, K, rows)
+            resident_backward(mode, b, T, B, H, K, batch_sizes_dev)
             return
         carry, dc, dgx = b["carry"], b.get("dc"), b["dgx"]
         dgh = b.get("dgh", dgx)
@@ -259,15 +250,14 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
                 saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
                 c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
                 dgx_ptr=dgx, dgh_ptr=dgh, carry_ptr=carry, dc_ptr=carry if dc is None else dc,
-                batch_sizes_ptr=dgx if rows is None else rows, t=t, T=T, B=B, H=H, K=K,
-                HAS_BATCH_SIZES=rows is not None, PROJ=proj, HAS_DCN=has_dcn,
+                batch_sizes_ptr=dgx if batch_sizes_dev is None else batch_sizes_dev, t=t, T=T, B=B, H=H, K=K,
+                HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, HAS_DCN=has_dcn,
                 **meta, **spec.extra,
             )
 
     key = None
-    if _graphable(T, proj) and cuda_graph.enabled(dev):
-        key = ("bwd", path, mode, T, B, H, K, dt, dev, has_dcn, "rows" in inputs, tiles,
-               _stream_key(dev))
+    if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
+        key = ("bwd", path, mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
     b = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     dgx = keep(b["dgx"])

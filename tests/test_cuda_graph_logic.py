@@ -41,25 +41,6 @@ def test_graph_path_matches_torch_across_calls(kind, fake_graphs, device):
     assert len(fake_graphs) == 2
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_packed_batches_share_one_graph_across_lengths(kind, fake_graphs, device):
-    """A packed batch's rows per step are a static input of the graph: calls with other lengths
-    (same longest length and batch) replay the same graphs and still match torch."""
-    from torch.nn.utils.rnn import pack_padded_sequence
-    ref, fast = twins(KINDS, kind, 4, 6, backend="triton", device=device)
-    for call, lengths in enumerate(([5, 3, 2], [5, 5, 1], [2, 5, 4])):
-        x = torch.randn(5, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
-        packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
-        out_ref, out_fast = flat(ref(packed)), flat(fast(packed))
-        for a, b in zip(out_fast, out_ref):
-            assert_close(a, b, torch.float64)
-        g_ref = grads(loss_of(out_ref, seed=call), [x] + list(ref.parameters()))
-        g_fast = grads(loss_of(out_fast, seed=call), [x] + list(fast.parameters()))
-        for a, b in zip(g_fast, g_ref):
-            assert_close(a, b, torch.float64)
-    assert len(fake_graphs) == 2   # one forward, one backward graph for all three calls
-
-
 def test_outputs_survive_the_next_replay(fake_graphs, device):
     """Forward results are cloned out of the static buffers: a second call must not change
     what the first returned (the autograd graph of the first call still needs it)."""

@@ -219,7 +219,7 @@ fi
 #    cases in time, and `timeout` is the hard stop.
 BENCH_S=$(( $(left) - REPORT_S - LAYERS_S ))
 stage bench "$BENCH_S" "$OUT/bench.log" \
-  "$PY" bench/run.py --quick "${SELECTION[@]}" --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
+  "$PY" bench/run.py --quick ${SELECTION[@]+"${SELECTION[@]}"} --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
 [ -f "$OUT/bench.log" ] && tail -n 3 "$OUT/bench.log"
 JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
 
@@ -246,7 +246,7 @@ echo
 echo "== gpu_check: $(( SECONDS - START ))s in all; files in $OUT"
 printf '  %s\n' "${STATUS[@]}"
 echo "  tests: ${TESTS_LINE:-no summary line}"
-for rows in "$JSON" $LAYERS_JSON; do
+for rows in "$JSON" "$LAYERS_JSON"; do
   if [ -n "$rows" ]; then
     echo
     "$PY" bench/report.py --summary --no-write "$rows" 2>&1 | tee -a "$LOG"

@@ -56,6 +56,24 @@ def _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w
     return [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]
 
 
+def _backward_of(args):
+    """``_backward`` on RNNLayerBackward's arguments (mode, batch_sizes, need_dx, groups, x, h0,
+    c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)."""
+    (mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, _, w_hr, y, cs, saved, m,
+     dy, dcn) = args
+    return _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
+                     saved, m, dy, dcn)
+
+
+def _unaliased(grads):
+    """The gradients with db_hh its own tensor where it is db_ih's (one bias sum serves both):
+    what torch.func hands a user, or a custom op returns, must not alias (an in-place clip of
+    two .grad fields sharing storage would scale it twice)."""
+    if grads[6] is not None and grads[6] is grads[5]:
+        grads[6] = grads[5].clone()
+    return grads
+
+
 def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
     """First-order gradients of the layer as a differentiable function: the reference math
     recomputed and differentiated with ``create_graph``.  Entries for inputs that do not
@@ -202,7 +220,7 @@ class RNNLayer(_Function):
         elif torch._C._are_functorch_transforms_active():
             grads = RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
         else:  # a plain backward records nothing: the Function around it would only cost time
-            grads = RNNLayerBackward.forward(*args)
+            grads = _backward_of(args)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
@@ -227,8 +245,8 @@ class RNNLayerBackward(_Function):
     @staticmethod
     def forward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                 y, cs, saved, m, dy, dcn):
-        return tuple(_backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih,
-                               w_hr, y, cs, saved, m, dy, dcn))
+        return tuple(_unaliased(_backward_of((mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih,
+                                              w_hh, b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn))))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -338,10 +356,8 @@ def rnn_layer_backward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w
                        dy: Tensor, dcn: Optional[Tensor], need_dx: bool) -> List[Tensor]:
     """Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]; absent ones empty."""
     b_ih = w_hh.new_empty(0) if has_bias else None
-    grads = _backward(mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
-                      saved, m, dy, dcn)
-    if grads[6] is not None and grads[6] is grads[5]:   # one bias sum for both: a custom op's
-        grads[6] = grads[5].clone()                       # returns may not alias each other
+    grads = _unaliased(_backward(mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih,
+                                 w_hr, y, cs, saved, m, dy, dcn))
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 

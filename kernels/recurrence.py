@@ -79,6 +79,12 @@ def _stream_key(dev):
     return threading.get_ident(), stream
 
 
+def _input_projection(x, w_ih, out=None):
+    # no autograd: ``out=`` refuses it, and the layer's gradients come from the backward here
+    with torch.no_grad():
+        return torch.matmul(x, w_ih.t(), out=out)
+
+
 def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     """One layer, one direction.
 
@@ -105,7 +111,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     w = w_hh.contiguous()
     # the hoisted input projection (a single plain step fuses it instead: _single_step), written
     # straight into the graph's static buffer when graphed
-    inputs = dict(w=w, h0=h0.contiguous(), xp=lambda out: torch.matmul(x, w_ih.t(), out=out))
+    inputs = dict(w=w, h0=h0.contiguous(), xp=lambda out: _input_projection(x, w_ih, out))
     if has_bias:
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
     if spec.has_cell:
@@ -120,8 +126,8 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
         inputs["w_hr_t"] = w_hr.t()
     grid, meta, tiles = _launch_config(B, H, K, dt)
     path = choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
-    if path == "resident":   # its tiles, in the graph key
-        tiles = resident_tiles(H, dt)
+    if path == "resident":   # its tiles, and the dot precision the launch reads, in the graph key
+        tiles = (*resident_tiles(H, dt), tiles[-1])
 
     def steps(b):
         if path == "resident":   # the whole time loop in one launch (kernels/resident.py)
@@ -225,7 +231,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     has_dcn = "dcn" in inputs
     path = choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
     if path == "resident":
-        tiles = resident_tiles(H, dt)
+        tiles = (*resident_tiles(H, dt), tiles[-1])
 
     def steps(b):
         if path == "resident":
@@ -298,8 +304,10 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
         if T > 1:
             dw_hh = dw_hh.addmm_(dgh[1:].reshape(-1, GH).t(), h_prev.reshape(-1, K))
         db_ih = dgx.sum((0, 1)) if has_bias else None
-        # one sum where both biases see the same gate gradients (LSTM, RNN): autograd copies a
-        # gradient it receives twice before accumulating it
+        # one sum where both biases see the same gate gradients (LSTM, RNN): the same tensor for
+        # both (autograd's engine copies a gradient it receives twice before accumulating it;
+        # the Function and the custom op that return these to torch.func and torch.compile
+        # clone it, rnn_ops._unaliased)
         db_hh = (db_ih if dgh is dgx else dgh.sum((0, 1))) if has_bias else None
         dw_hr = None
         if dhs is not None:

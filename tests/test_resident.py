@@ -181,10 +181,13 @@ MODULE_CASES += [
 
 
 @pytest.mark.parametrize("kind,opts,packed", MODULE_CASES)
-def test_modules_on_resident_path_match_torch(kind, opts, packed, resident_calls):
+def test_modules_on_resident_path_match_torch(kind, opts, packed, resident_calls, monkeypatch):
     """fastcells.LSTM/GRU/RNN (triton backend) with FASTCELLS_RECURRENCE=resident against
     torch.nn in float64: every output (final states included) and every gradient."""
     calls = resident_calls("resident")
+    # Count every layer-direction's launch: same-shaped directions share a CUDA graph, whose
+    # replays call no Python.
+    monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")
     ref, fast = twins(KINDS, kind, I, H, backend="triton", **opts)
     ref, fast = ref.to(DEVICE), fast.to(DEVICE)
     L = ref.num_layers * (2 if ref.bidirectional else 1)

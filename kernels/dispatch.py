@@ -4,12 +4,13 @@
 which a GPU run measured the resident kernel faster than the step chain.  The table is EMPTY,
 and that is the measurement: on an H200 (bench/recurrence_sweep.py, 2026-11-27, runs 4 and 5 in
 bench/results/2026-11-27_NVIDIA-H200_run{4,5}/: LSTM and GRU, bf16 and fp32, H in {128, 256},
-B in {16, 64} at T in {100, 1024} and B = 1 at T = 1024) the resident kernel's forward was slower
-than the step chain's at every shape, by 1.2x to 4.2x; its fwd+bwd was slower too, except at H = 128, T = 100, bf16,
-where it was 0.89x to 0.93x with the p20-p80 spreads overlapping.  One program per 16 batch rows
-runs the whole hidden state: at B <= 16 one SM does the work the step chain spreads over 32 to
-64.  No box qualifies, so every layer takes the step path.  A rule never reaches beyond what was measured: only its GPU, its mode and
-dtype, and shapes inside its box.
+B in {16, 64} at T in {100, 1024} and B = 1 at T = 1024) the resident kernel's forward was
+slower than the step chain's at every shape, by 1.2x to 4.2x; its fwd+bwd was slower too,
+except at H = 128, T = 100, bf16, where it was 0.89x to 0.93x with the p20-p80 spreads
+overlapping.  One program per 16 batch rows runs the whole hidden state: at B <= 16 one SM does
+the work the step chain spreads over 32 to 64.  No box qualifies, so every layer takes the step
+path.  A rule never reaches beyond what was measured: only its GPU, its mode and dtype, and
+shapes inside its box.
 
 The override ``FASTCELLS_RECURRENCE`` (read at every call, for sweeps and tests):
 

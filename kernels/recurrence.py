@@ -237,29 +237,15 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
         if path == "resident":
             resident_backward(mode, b, T, B, H, K, batch_sizes_dev)
             return
-        carry, dc, dgx = b["carry"], b.get("dc"), b["dgx"]
-        dgh = b.get("dgh", dgx)
         if B == 0 or H == 0:
-            for buf in (dgx, dgh, carry, dc, b.get("dhs")):
-                if buf is not None:
-                    buf.zero_()
-            if dc is not None and has_dcn:
-                dc.copy_(b["dcn"])
+            _no_rows_grads(b)
             return
         if proj:
-            carry.zero_()
+            b["carry"].zero_()
         for t in range(T - 1, -1, -1):
             if proj:
                 _projected_dh(b, t, T, B, batch_sizes_host)
-            spec.bwd[grid](
-                dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
-                saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
-                c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
-                dgx_ptr=dgx, dgh_ptr=dgh, carry_ptr=carry, dc_ptr=carry if dc is None else dc,
-                batch_sizes_ptr=dgx if batch_sizes_dev is None else batch_sizes_dev, t=t, T=T, B=B, H=H, K=K,
-                HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, HAS_DCN=has_dcn,
-                **meta, **spec.extra,
-            )
+            _bwd_step(spec, grid, meta, b, t, T, B, H, K, batch_sizes_dev, proj)
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
@@ -329,34 +315,53 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
 
 def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
     """``layer_backward_steps`` for one step (a cell) without packing or projection: one launch,
-    nothing allocated but the outputs (``_single_step`` is its forward)."""
+    no graph, nothing allocated but the outputs (``_single_step`` is its forward)."""
     _, B, K = y.shape
     GH = w_hh.shape[0]
     H = GH // spec.gates
     dt, dev = y.dtype, y.device
     acc = acc_dtype(dt)
-    dgx = torch.empty((1, B, GH), dtype=dt, device=dev)
-    dgh = torch.empty((1, B, GH), dtype=dt, device=dev) if spec.split_dgates else dgx
-    carry = torch.empty((B, K), dtype=acc, device=dev)
-    dc = torch.empty((B, H), dtype=acc, device=dev) if spec.has_cell else None
-    has_dcn = spec.has_cell and dcn is not None
+    b = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y,
+             dgx=torch.empty((1, B, GH), dtype=dt, device=dev),
+             carry=torch.empty((B, K), dtype=acc, device=dev))
+    if saved is not None:
+        b["saved"] = saved
+    if spec.split_dgates:
+        b["dgh"] = torch.empty((1, B, GH), dtype=dt, device=dev)
+    if spec.has_cell:
+        b.update(c0=c0.contiguous(), cs=cs, dc=torch.empty((B, H), dtype=acc, device=dev))
+        if dcn is not None:
+            b["dcn"] = dcn.contiguous()
     if B == 0 or H == 0:
-        for buf in {id(t): t for t in (dgx, dgh, carry, dc) if t is not None}.values():
-            buf.zero_()
-        if has_dcn:
-            dc.copy_(dcn)
-        return dgx, dgh, carry, dc, None
-    grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
+        _no_rows_grads(b)
+    else:
+        grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
+        _bwd_step(spec, grid, meta, b, 0, 1, B, H, K, None, False)
+    return b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None
+
+
+def _bwd_step(spec, grid, meta, b, t, T, B, H, K, rows, proj):
+    """One backward step kernel over the buffers in ``b`` (absent ones: any valid pointer)."""
+    dgx = b["dgx"]
     spec.bwd[grid](
-        dy_ptr=dy.contiguous(), w_ptr=w_hh.contiguous(),
-        saved_ptr=dgx if saved is None else saved, h0_ptr=h0.contiguous(), y_ptr=y,
-        c0_ptr=c0.contiguous() if spec.has_cell else dgx, cs_ptr=cs if spec.has_cell else dgx,
-        dcn_ptr=dcn.contiguous() if has_dcn else dgx, dgx_ptr=dgx, dgh_ptr=dgh,
-        carry_ptr=carry, dc_ptr=carry if dc is None else dc, batch_sizes_ptr=dgx, t=0, T=1,
-        B=B, H=H, K=K, HAS_BATCH_SIZES=False, PROJ=False, HAS_DCN=has_dcn,
-        **meta, **spec.extra,
+        dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
+        saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
+        c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
+        dgx_ptr=dgx, dgh_ptr=b.get("dgh", dgx), carry_ptr=b["carry"],
+        dc_ptr=b.get("dc", b["carry"]), batch_sizes_ptr=dgx if rows is None else rows,
+        t=t, T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
+        HAS_DCN="dcn" in b, **meta, **spec.extra,
     )
-    return dgx, dgh, carry, dc, None
+
+
+def _no_rows_grads(b):
+    """The backward buffers of a layer with no rows or no hidden units: zero gate gradients
+    and carry, and dL/dc0 = dL/dc_{T-1}."""
+    for name in ("dgx", "dgh", "carry", "dc", "dhs"):
+        if name in b:
+            b[name].zero_()
+    if "dc" in b and "dcn" in b:
+        b["dc"].copy_(b["dcn"])
 
 
 def _projected_dh(b, t, T, B, batch_sizes_host):

@@ -69,9 +69,9 @@ def reason_not_resident(mode, B, H, K, dtype, proj):
 
 def resident_tiles(H, dtype):
     """(BLOCK_B, BLOCK_H, BLOCK_K, num_warps).  Untuned (the kernel measured slower than the
-    step chain on an H200 and is off: kernels/dispatch.py): the smallest
-    batch tile tl.dot allows (more programs at small B), the whole hidden state, K chunks that
-    keep a W_hh chunk per gate at <= 32 x BLOCK_H."""
+    step chain on an H200 and is off: kernels/dispatch.py): the smallest batch tile tl.dot
+    allows (more programs at small B), the whole hidden state, K chunks that keep a W_hh chunk
+    per gate at <= 32 x BLOCK_H."""
     block_h = max(16, triton.next_power_of_2(H))
     if TILE_OVERRIDE is not None:
         block_b, block_k, warps = TILE_OVERRIDE

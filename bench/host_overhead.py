@@ -14,6 +14,8 @@ forward+backward, a one-layer LSTM (T=16) forward+backward, and an ``LSTMCell`` 
 Run: ``python bench/host_overhead.py`` (``--json PATH`` writes the rows), or
 ``python bench/run.py --host``.  Figures are microseconds per call: the median of ``--repeats``
 batches of ``--number`` calls each (CPU: the minimum is printed too, the least disturbed run).
+On CPU the ratio is the median, over the batches, of a fastcells batch's time over the torch.nn
+batch timed right after it: a shared machine's drift (a third, here) then cancels.
 """
 import argparse
 import contextlib
@@ -81,8 +83,10 @@ def _modules(case, backend, device, dtype, shape):
 
 
 def _time_pair(fast, ref, number, repeats):
-    """((median, min) us per call of ``fast`` under stubbed launches, (median, min) of ``ref``),
-    the two timed in alternating batches so that a machine's drift hits both alike."""
+    """((median, min) us per call of ``fast`` under stubbed launches, (median, min) of ``ref``,
+    the median of the paired ratios): the two alternate in short batches of ``number`` calls, so
+    that a shared machine's drift hits both alike, and each fast batch is compared with the ref
+    batch beside it."""
     with stubbed_launches():
         for _ in range(3):
             fast()
@@ -96,7 +100,8 @@ def _time_pair(fast, ref, number, repeats):
                 for _ in range(number):
                     call()
                 per[i].append((time.perf_counter() - t0) / number * 1e6)
-    return [(statistics.median(p), min(p)) for p in per]
+    paired = statistics.median(f / r for f, r in zip(*per))
+    return [(statistics.median(p), min(p)) for p in per] + [paired]
 
 
 def _time_cuda(call, number, repeats):
@@ -119,11 +124,12 @@ def _time_cuda(call, number, repeats):
     return statistics.median(host), statistics.median(dev)
 
 
-def measure(device=None, number=200, repeats=7, cases=CASES, dtype=torch.float32):
+def measure(device=None, number=None, repeats=None, cases=CASES, dtype=torch.float32):
     """Rows {case, device, fastcells_us, torch_us, ratio, ...} (see the module docstring)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     rows = []
     if device.type == "cpu":
+        number, repeats = number or 10, repeats or 101
         # Stubbed kernels leave their outputs as allocated; denormal garbage would make the
         # GEMMs after them crawl on the CPU and time that instead of the host path.
         torch.set_flush_denormal(True)
@@ -134,11 +140,12 @@ def measure(device=None, number=200, repeats=7, cases=CASES, dtype=torch.float32
         for case in cases:
             fast = _modules(case, "triton", device, dtype, TINY)
             ref = _modules(case, "torch", device, dtype, TINY)
-            (f_med, f_min), (t_med, t_min) = _time_pair(fast, ref, number, repeats)
+            (f_med, f_min), (t_med, t_min), paired = _time_pair(fast, ref, number, repeats)
             rows.append(dict(case=case, device="cpu", shape=TINY, what="host path, launches stubbed",
                              fastcells_us=f_med, fastcells_min_us=f_min, torch_us=t_med,
-                             torch_min_us=t_min, ratio=f_min / t_min))
+                             torch_min_us=t_min, ratio=paired))
         return rows
+    number, repeats = number or 200, repeats or 7
     shape = dict(B=64, I=512, H=512, T=16)
     runs = [(case, shape, dtype, number) for case in cases]
     # The layer whose GPU waited on the host (issue 10): bf16 at the fastrnns shape; fewer calls
@@ -163,10 +170,10 @@ def render(rows):
     if rows and rows[0]["device"] == "cpu":
         lines.append(f"CPU, {rows[0]['what']}, shape {rows[0]['shape']}, us per call "
                      "(median / min of the repeats)")
-        lines.append(f"{'case':<20} {'fastcells':>17} {'torch.nn':>17} {'ratio (min)':>12}")
+        lines.append(f"{'case':<20} {'fastcells':>17} {'torch.nn':>17} {'ratio':>8}")
         for r in rows:
             lines.append(f"{r['case']:<20} {r['fastcells_us']:8.1f} / {r['fastcells_min_us']:6.1f} "
-                         f"{r['torch_us']:8.1f} / {r['torch_min_us']:6.1f} {r['ratio']:11.2f}x")
+                         f"{r['torch_us']:8.1f} / {r['torch_min_us']:6.1f} {r['ratio']:7.2f}x")
     else:
         lines.append(f"{rows[0]['device']}, us per call (median); nn = torch.nn (cuDNN, ATen cells)")
         lines.append(f"{'case':<20} {'dtype':<8} {'B,I,H':<12} {'fc host':>9} {'fc device':>10} "
@@ -182,8 +189,10 @@ def render(rows):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python bench/host_overhead.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None)
-    p.add_argument("--number", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--number", type=int, default=None,
+                   help="calls per timed batch (CPU 10, CUDA 200)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed batches, the median reported (CPU 101, CUDA 7)")
     p.add_argument("--json", default=None, help="write the rows here")
     args = p.parse_args(argv)
     rows = measure(args.device, args.number, args.repeats)

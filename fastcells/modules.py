@@ -218,8 +218,34 @@ def _check_cell_args(input, hiddens, input_size, hidden_size):
                 f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {hidden_size}")
 
 
+def _plain_cell_args(input, hx, n_states, dtype, input_size, hidden_size):
+    """A batched input with its full state, of one dtype and the right shapes: the common call,
+    which needs none of the checks and conversions below (host time per step)."""
+    if not isinstance(input, torch.Tensor) or input.dtype != dtype or input.dim() != 2:
+        return False
+    B, I = input.shape
+    if n_states == 1:
+        states = (hx,)
+    elif isinstance(hx, tuple) and len(hx) == 2:
+        states = hx
+    else:
+        return False
+    for s in states:
+        if not isinstance(s, torch.Tensor) or s.dtype != dtype or s.shape != (B, hidden_size):
+            return False
+    return I == input_size
+
+
 class _Cell(_Backend):
     def forward(self, input, hx=None):
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        if _plain_cell_args(input, hx, self._n_states, w_ih.dtype, self.input_size,
+                            self.hidden_size):
+            be = resolve(self.backend, input)
+            if be == "native":
+                return super().forward(input, hx)
+            h, c = hx if self._n_states == 2 else (hx, None)
+            return functional.cell_on(be, self._mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
         if _fx_tracing(input, hx):
             return self._fx_leaf_call(input, hx)
         be = resolve(self.backend, input)
@@ -227,8 +253,7 @@ class _Cell(_Backend):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, self._n_states)
         h, c = (hx[0], hx[1]) if self._n_states == 2 else (hx, None)
-        out = functional.cell_on(be, self._mode, input, h, c, self.weight_ih, self.weight_hh,
-                                 self.bias_ih, self.bias_hh)
+        out = functional.cell_on(be, self._mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
         if is_batched:
             return out
         return (out[0].squeeze(0), out[1].squeeze(0)) if self._n_states == 2 else out.squeeze(0)

@@ -41,8 +41,8 @@ def _or_empty(t, like):
 
 
 def _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
-    y, cs, saved, m = layer_forward(mode, x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes)
-    return y, _or_empty(cs, x), _or_empty(saved, x), _or_empty(m, x)
+    """(y, cs, saved, m), None where absent (the eager Function returns them so)."""
+    return layer_forward(mode, x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes)
 
 
 def _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
@@ -52,7 +52,7 @@ def _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w
         mode, w_hh, h0, c0, y, _none(cs), _none(saved), _none(m), batch_sizes, dy, dcn, w_hr)
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_grads(
         x, w_ih, w_hh, h0, y, _none(m), dgx, dgh, carry, dhs, b_ih is not None, need_dx, groups)
-    dc0 = dc.to(x.dtype) if dc is not None else None
+    dc0 = dc if dc is None or dc.dtype == x.dtype else dc.to(x.dtype)
     return [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]
 
 
@@ -200,12 +200,18 @@ class RNNLayer(_Function):
         y, cs, saved, m = output
         ctx.mode, ctx.batch_sizes = mode, batch_sizes
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m)
-        ctx.mark_non_differentiable(saved, m)
+        if saved is not None:
+            ctx.mark_non_differentiable(*[t for t in (saved, m) if t is not None])
+        # Outputs nobody differentiated (the gates, c when c_n is unused) give None, not a
+        # layer-sized zero tensor allocated and filled by autograd for nothing.
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, dy, dcs, _dsaved, _dm):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
-        dcn = dcs[-1] if c0 is not None and dcs is not None and dcs.numel() else None
+        dcn = dcs[-1] if c0 is not None and dcs is not None else None
+        if dy is None:   # only c_n was used
+            dy = torch.zeros_like(y)
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
             # create_graph=True (gradient penalties, meta-learning): gradients that are
@@ -331,7 +337,8 @@ def rnn_layer(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w_ih: Tens
               b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
               batch_sizes: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns [y, cs, saved, m] (see kernels.recurrence.layer_forward); absent ones empty."""
-    return _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    return tuple(_or_empty(t, x) for t in _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                                    batch_sizes))
 
 
 @rnn_layer.register_fake
@@ -406,7 +413,12 @@ rnn_layer.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 def _needs_grad(tensors):
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
@@ -421,10 +433,12 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
         y, cs, _, _ = RNNLayer.apply(*args)
     else:  # inference (no_grad, or nothing requires grad): no autograd node to build
         y, cs, _, _ = _forward(*args)
-    last = x.shape[0] - 1
+    if x.shape[0] == 1:  # a view whose backward is a view too (a select's fills zeros)
+        cn = None if c0 is None else cs.squeeze(0)
+        return y, y.squeeze(0), cn if cn is None or cn.dtype == x.dtype else cn.to(x.dtype)
     cn = None
     if c0 is not None:
-        cn = cs[last]
+        cn = cs[-1]
         if cn.dtype != x.dtype:
             cn = cn.to(x.dtype)
-    return y, y[last], cn
+    return y, y[-1], cn

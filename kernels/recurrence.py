@@ -140,16 +140,19 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
             y.copy_(b["h0"].expand(T, B, K))  # nothing evolves
             return
         m, xp = b.get("m"), b["xp"]
-        cs = b.get("cs", y)
+        # the arguments bound once; each step changes t only (host time per step)
+        launch = spec.fwd[grid]
+        args = dict(
+            xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
+            b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
+            c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=b.get("cs", y), out_ptr=m if proj else y,
+            saved_ptr=b.get("saved", y),
+            batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
+            B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
+            PROJ=proj, FUSE_X=False, **meta, **spec.extra,
+        )
         for t in range(T):
-            spec.fwd[grid](
-                xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
-                b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
-                c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=cs, out_ptr=m if proj else y,
-                saved_ptr=b.get("saved", y), batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
-                t=t, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
-                PROJ=proj, FUSE_X=False, **meta, **spec.extra,
-            )
+            launch(t=t, **args)
             if proj:
                 torch.mm(m[t], b["w_hr_t"], out=y[t])
                 if batch_sizes_host is not None and batch_sizes_host[t] < B:
@@ -242,10 +245,11 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
             return
         if proj:
             b["carry"].zero_()
+        launch, args = _bwd_step_args(spec, grid, meta, b, T, B, H, K, batch_sizes_dev, proj)
         for t in range(T - 1, -1, -1):
             if proj:
                 _projected_dh(b, t, T, B, batch_sizes_host)
-            _bwd_step(spec, grid, meta, b, t, T, B, H, K, batch_sizes_dev, proj)
+            launch(t=t, **args)
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
@@ -277,29 +281,33 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
                 zero(*lead, *w_ih.shape), zero(*lead, *w_hh.shape),
                 zero(*lead, GH) if has_bias else None, zero(*lead, GH) if has_bias else None,
                 dw_hr)
+    # 2-D views (T*B rows): a single step (a cell) then costs no more ops than it needs
+    gx = dgx.view(T * B, GH)
+    gh = gx if dgh is dgx else dgh.view(T * B, GH)
+    gh0 = gh if T == 1 else gh[:B]
     # dh0 = carry + dgh_0 W_hh (the step-0 recurrence the loop leaves to this GEMM)
     if dt == acc:
-        dh0 = torch.addmm(carry, dgh[0], w_hh)
+        dh0 = torch.addmm(carry, gh0, w_hh)
     else:
-        dh0 = (carry + (dgh[0] @ w_hh).to(acc)).to(dt)
-    dx = torch.matmul(dgx, w_ih) if need_input_grad else None
-    h_prev = y[:T - 1]
+        dh0 = (carry + (gh0 @ w_hh).to(acc)).to(dt)
+    dx = torch.mm(gx, w_ih).view(T, B, -1) if need_input_grad else None
     if groups == 1:
-        dw_ih = dgx.reshape(T * B, GH).t() @ x.reshape(T * B, -1)
-        dw_hh = dgh[0].t() @ h0
+        dw_ih = gx.t() @ x.reshape(T * B, -1)
+        dw_hh = gh0.t() @ h0
         if T > 1:
-            dw_hh = dw_hh.addmm_(dgh[1:].reshape(-1, GH).t(), h_prev.reshape(-1, K))
-        db_ih = dgx.sum((0, 1)) if has_bias else None
+            dw_hh = dw_hh.addmm_(gh[B:].t(), y[:T - 1].reshape(-1, K))
+        db_ih = gx.sum(0) if has_bias else None
         # one sum where both biases see the same gate gradients (LSTM, RNN): the same tensor for
         # both (autograd's engine copies a gradient it receives twice before accumulating it;
         # the Function and the custom op that return these to torch.func and torch.compile
         # clone it, rnn_ops._unaliased)
-        db_hh = (db_ih if dgh is dgx else dgh.sum((0, 1))) if has_bias else None
+        db_hh = (db_ih if dgh is dgx else gh.sum(0)) if has_bias else None
         dw_hr = None
         if dhs is not None:
             dw_hr = (dhs.reshape(T * B, K).t() @ m.reshape(T * B, -1).to(acc)).to(dt)
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
     N = groups
+    h_prev = y[:T - 1]
     g = lambda t: t.reshape(t.shape[0], B // N, N, t.shape[-1])  # noqa: E731
     dw_ih = torch.einsum("tbng,tbni->ngi", g(dgx), g(x))
     dw_hh = torch.einsum("bng,bnk->ngk", g(dgh[:1])[0], g(h0[None])[0])
@@ -336,20 +344,22 @@ def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
         _no_rows_grads(b)
     else:
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
-        _bwd_step(spec, grid, meta, b, 0, 1, B, H, K, None, False)
+        launch, args = _bwd_step_args(spec, grid, meta, b, 1, B, H, K, None, False)
+        launch(t=0, **args)
     return b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None
 
 
-def _bwd_step(spec, grid, meta, b, t, T, B, H, K, rows, proj):
-    """One backward step kernel over the buffers in ``b`` (absent ones: any valid pointer)."""
+def _bwd_step_args(spec, grid, meta, b, T, B, H, K, rows, proj):
+    """(launch, arguments but t) of the backward step kernel over the buffers in ``b`` (absent
+    ones: any valid pointer)."""
     dgx = b["dgx"]
-    spec.bwd[grid](
+    return spec.bwd[grid], dict(
         dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
         saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
         c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
         dgx_ptr=dgx, dgh_ptr=b.get("dgh", dgx), carry_ptr=b["carry"],
         dc_ptr=b.get("dc", b["carry"]), batch_sizes_ptr=dgx if rows is None else rows,
-        t=t, T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
+        T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
         HAS_DCN="dcn" in b, **meta, **spec.extra,
     )
 

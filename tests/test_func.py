@@ -138,8 +138,12 @@ def test_vmapped_layer_is_one_batched_launch_per_step(device, monkeypatch):
             self.kernel = kernel
 
         def __getitem__(self, grid):
-            calls.append(grid)
-            return self.kernel[grid]
+            launch = self.kernel[grid]
+
+            def counted(*args, **kwargs):
+                calls.append(grid)
+                return launch(*args, **kwargs)
+            return counted
 
     monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")  # count Python launches, not a capture's
     spec = recurrence.CELLS["lstm"]

@@ -1,0 +1,78 @@
+"""A call allocates what the math needs: the backward fills no zero gradient for an output
+nobody used (the saved gates, the cell states, c_n, h_n), which autograd would otherwise
+allocate at the layer's full size (T x B x 4H for the gates) and fill, every training call."""
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from rnn_utils import CELLS, KINDS, twins
+
+T, B, I, H = 3, 2, 5, 7
+_ZEROS = {torch.ops.aten.zeros.default, torch.ops.aten.zeros_like.default,
+          torch.ops.aten.new_zeros.default, torch.ops.aten.zero_.default}
+
+
+class _ZeroFills(TorchDispatchMode):
+    """Records every op that creates or fills a tensor with zeros, with its output shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.fills = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        fill_zero = func is torch.ops.aten.fill_.Scalar and args[1] == 0
+        if func in _ZEROS or fill_zero:
+            self.fills.append((str(func), tuple(out.shape)))
+        return out
+
+
+def _backward_fills(outputs):
+    with _ZeroFills() as rec:
+        sum(o.sum() for o in outputs).backward()
+    return rec.fills
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_layer_backward_fills_no_zero_gradients(mode, device):
+    _, fast = twins(KINDS, mode, I, H, backend="triton", device=device)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+    y, _ = fast(x)   # the final states unused: no gradient flows into them
+    assert _backward_fills([y]) == []
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])
+def test_cell_backward_fills_no_zero_gradients(mode, device):
+    """Only h' is used (an LSTM's c' is not): a cell step's backward fills nothing, and its h'
+    is a view whose backward is a view (a select's backward would zero a buffer)."""
+    _, fast = twins(CELLS, mode, I, H, backend="triton", device=device)
+    x = torch.randn(B, I, dtype=torch.float64, device=device, requires_grad=True)
+    out = fast(x)
+    h = out[0] if mode == "lstm" else out
+    assert _backward_fills([h]) == []
+
+
+def test_only_c_n_used_still_backpropagates(device):
+    """With h' unused, its gradient is zero (built once, from the output's shape)."""
+    ref, fast = twins(CELLS, "lstm", I, H, backend="triton", device=device)
+    x = torch.randn(B, I, dtype=torch.float64, device=device)
+    got, want = [], []
+    for mod, out in ((fast, got), (ref, want)):
+        xi = x.clone().requires_grad_()
+        mod(xi)[1].sum().backward()
+        out += [xi.grad, *[p.grad for p in mod.parameters()]]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_layer_only_c_n_used_still_backpropagates(device):
+    ref, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device)
+    got, want = [], []
+    for mod, out in ((fast, got), (ref, want)):
+        xi = x.clone().requires_grad_()
+        mod(xi)[1][1].sum().backward()
+        out += [xi.grad, *[p.grad for p in mod.parameters()]]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+

@@ -267,3 +267,20 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
         block_h = 2 * MIN_DOT
     block_k = next(b for b in K_BLOCKS if k >= b or b == MIN_DOT)
     return block_b, block_h, block_k, STEP_WARPS
+
+
+def bound_launch(kernel, grid, args, varying="t"):
+    """``kernel[grid]`` with every argument but ``varying`` bound once: returns
+    ``launch(value)``.  The arguments go positionally, in the kernel's order; Triton's launcher
+    merges and re-binds keyword arguments at every call, which a loop of T steps pays T times.
+    ``args`` holds the kernel's other parameters by name, and launch options (num_warps)."""
+    names = kernel.arg_names
+    pos = [None if n == varying else args[n] for n in names]
+    opts = {k: v for k, v in args.items() if k not in names}
+    at = names.index(varying)
+    run = kernel[grid]
+
+    def launch(value):
+        pos[at] = value
+        run(*pos, **opts)
+    return launch

@@ -14,7 +14,7 @@ import torch
 import triton
 
 from . import cuda_graph
-from .common import acc_dtype, check_dtype, dot_flags, step_tiles, tl_dtype
+from .common import acc_dtype, bound_launch, check_dtype, dot_flags, step_tiles, tl_dtype
 from .dispatch import choose_recurrence
 from .gru import _gru_bwd_step_kernel, _gru_fwd_step_kernel
 from .lstm import _lstm_bwd_step_kernel, _lstm_fwd_step_kernel
@@ -141,8 +141,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
             return
         m, xp = b.get("m"), b["xp"]
         # the arguments bound once; each step changes t only (host time per step)
-        launch = spec.fwd[grid]
-        args = dict(
+        launch = bound_launch(spec.fwd, grid, dict(
             xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
             b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
             c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=b.get("cs", y), out_ptr=m if proj else y,
@@ -150,9 +149,9 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
             batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
             B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
             PROJ=proj, FUSE_X=False, **meta, **spec.extra,
-        )
+        ))
         for t in range(T):
-            launch(t=t, **args)
+            launch(t)
             if proj:
                 torch.mm(m[t], b["w_hr_t"], out=y[t])
                 if batch_sizes_host is not None and batch_sizes_host[t] < B:
@@ -245,11 +244,11 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
             return
         if proj:
             b["carry"].zero_()
-        launch, args = _bwd_step_args(spec, grid, meta, b, T, B, H, K, batch_sizes_dev, proj)
+        launch = _bwd_step_launch(spec, grid, meta, b, T, B, H, K, batch_sizes_dev, proj)
         for t in range(T - 1, -1, -1):
             if proj:
                 _projected_dh(b, t, T, B, batch_sizes_host)
-            launch(t=t, **args)
+            launch(t)
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
@@ -344,16 +343,15 @@ def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
         _no_rows_grads(b)
     else:
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
-        launch, args = _bwd_step_args(spec, grid, meta, b, 1, B, H, K, None, False)
-        launch(t=0, **args)
+        _bwd_step_launch(spec, grid, meta, b, 1, B, H, K, None, False)(0)
     return b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None
 
 
-def _bwd_step_args(spec, grid, meta, b, T, B, H, K, rows, proj):
-    """(launch, arguments but t) of the backward step kernel over the buffers in ``b`` (absent
-    ones: any valid pointer)."""
+def _bwd_step_launch(spec, grid, meta, b, T, B, H, K, rows, proj):
+    """``launch(t)``: the backward step kernel over the buffers in ``b`` (absent ones: any
+    valid pointer)."""
     dgx = b["dgx"]
-    return spec.bwd[grid], dict(
+    return bound_launch(spec.bwd, grid, dict(
         dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
         saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
         c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
@@ -361,7 +359,7 @@ def _bwd_step_args(spec, grid, meta, b, T, B, H, K, rows, proj):
         dc_ptr=b.get("dc", b["carry"]), batch_sizes_ptr=dgx if rows is None else rows,
         T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
         HAS_DCN="dcn" in b, **meta, **spec.extra,
-    )
+    ))
 
 
 def _no_rows_grads(b):

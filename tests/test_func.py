@@ -136,6 +136,7 @@ def test_vmapped_layer_is_one_batched_launch_per_step(device, monkeypatch):
     class Counting:
         def __init__(self, kernel):
             self.kernel = kernel
+            self.arg_names = kernel.arg_names
 
         def __getitem__(self, grid):
             launch = self.kernel[grid]

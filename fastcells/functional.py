@@ -54,10 +54,12 @@ def _autocast(mode, kind, device_type, tensors):
 
 # ------------------------------------------------------------------ packed <-> padded, reversal
 def _packed_index(batch_sizes, device):
-    """Row of each packed element in the (T * B) padded layout."""
+    """Row of each packed element in the (T * B) padded layout: step t's first batch_sizes[t]
+    rows, step after step (built with tensor ops: a Python list costs about 1 ms at
+    T=100, B=64, every call)."""
     B = int(batch_sizes[0])
-    idx = [t * B + b for t, n in enumerate(batch_sizes.tolist()) for b in range(int(n))]
-    return torch.tensor(idx, dtype=torch.long, device=device), B
+    active = torch.arange(B, device=batch_sizes.device) < batch_sizes[:, None]  # (T, B)
+    return active.view(-1).nonzero().view(-1).to(device), B
 
 
 def _reverse_index(T, B, batch_sizes, device):

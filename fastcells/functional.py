@@ -63,16 +63,18 @@ def _packed_index(batch_sizes, device):
 
 
 def _reverse_index(T, B, batch_sizes, device):
-    """(T, B) time index reversing each sequence within its own length."""
+    """(T, B) time index reversing each packed sequence within its own length."""
     t = torch.arange(T, device=device)[:, None].expand(T, B)
-    if batch_sizes is None:
-        return (T - 1 - t).contiguous()
     n = batch_sizes.to(device)
     lengths = (n[:, None] > torch.arange(B, device=device)[None, :]).sum(0)
     return torch.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
 
 
 def _reverse(x, rev):
+    """x reversed in time: a flip when every sequence has the full length (its backward is a
+    flip; a gather's fills a zero tensor and scatters into it), else a gather by ``rev``."""
+    if rev is None:
+        return x.flip(0)
     return torch.gather(x, 0, rev[:, :, None].expand_as(x))
 
 
@@ -118,7 +120,8 @@ def _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training, 
         T, B = x.shape[0], x.shape[1]
         if T == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    rev = _reverse_index(T, B, batch_sizes, x.device) if bidirectional else None
+    rev = (_reverse_index(T, B, batch_sizes, x.device)
+           if bidirectional and batch_sizes is not None else None)
     per = len(weights) // (num_layers * D)
     hns, cns = [], []
     for layer in range(num_layers):

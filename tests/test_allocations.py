@@ -33,9 +33,12 @@ def _backward_fills(outputs):
     return rec.fills
 
 
-@pytest.mark.parametrize("mode", ["lstm", "gru"])
-def test_layer_backward_fills_no_zero_gradients(mode, device):
-    _, fast = twins(KINDS, mode, I, H, backend="triton", device=device)
+@pytest.mark.parametrize("mode,kw", [("lstm", {}), ("gru", {}),
+                                     ("lstm", dict(num_layers=2, bidirectional=True))])
+def test_layer_backward_fills_no_zero_gradients(mode, kw, device):
+    """Also bidirectional: the reverse direction's input and output are flipped in time (a
+    flip's backward is a flip; a gather's would fill a zero tensor to scatter into)."""
+    _, fast = twins(KINDS, mode, I, H, backend="triton", device=device, **kw)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
     y, _ = fast(x)   # the final states unused: no gradient flows into them
     assert _backward_fills([y]) == []

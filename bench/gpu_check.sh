@@ -13,7 +13,9 @@
 # with FASTCELLS_CHECK_LAYERS_ARGS its selection (e.g. "--ops lstm --cases fastrnns").
 # FASTCELLS_CHECK_SWEEPS (comma list, default "recurrence"): the GPU-only sweeps to
 # run before the benchmark, "recurrence" (step chain against the resident kernel and cuDNN,
-# bench/recurrence_sweep.py) and "tile" (step-kernel tiles, bench/tile_sweep.py); "" for none.
+# bench/recurrence_sweep.py), "directions" (bidirectional layers with both directions in one
+# launch against one after the other, bench/directions_sweep.py) and "tile" (step-kernel tiles,
+# bench/tile_sweep.py); "" for none.
 #
 # It is built to end inside 8 minutes on an H100: every stage runs under `timeout` with a share of a
 # 450 s budget (FASTCELLS_CHECK_BUDGET_S), a failing or slow stage is recorded and the script
@@ -43,6 +45,7 @@ HOST_S=${FASTCELLS_CHECK_HOST_S:-60}       # the host-overhead stage at most (GP
 SWEEPS_S=0               # what the chosen sweeps are kept
 case $SWEEPS in *,tile,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 case $SWEEPS in *,recurrence,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
+case $SWEEPS in *,directions,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET   # real compilation on the GPU
@@ -208,6 +211,12 @@ if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,recurrence,* ]]; then
   stage recurrence "$LIMIT" "$OUT/recurrence_sweep.log" \
     "$PY" bench/recurrence_sweep.py --out "$OUT/recurrence_sweep.json" --budget-s $(( LIMIT > 40 ? LIMIT - 25 : 15 ))
   tail -n 12 "$OUT/recurrence_sweep.log"
+fi
+if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,directions,* ]]; then
+  LIMIT=$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))
+  stage directions "$LIMIT" "$OUT/directions_sweep.log" \
+    "$PY" bench/directions_sweep.py --out "$OUT/directions_sweep.json" --budget-s $(( LIMIT > 40 ? LIMIT - 25 : 15 ))
+  tail -n 14 "$OUT/directions_sweep.log"
 fi
 if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,tile,* ]]; then
   stage sweep "$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))" "$OUT/tile_sweep.log" \

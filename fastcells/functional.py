@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .backend import resolve
+from .kernels.dispatch import fuse_directions
 from .rnn_ops import recurrent_layer
 from .weights import LayerWeights
 
@@ -79,6 +80,15 @@ def _reverse(x, rev):
 
 
 # ------------------------------------------------------------------------------------ the net
+def _fused_directions(be, proj_size):
+    """Both directions of a bidirectional layer in the same launches (off by default:
+    ``kernels.dispatch.fuse_directions``): the triton backend's eager calls outside torch.func,
+    without a projection."""
+    return (be == "triton" and proj_size == 0 and fuse_directions()
+            and not torch._C._are_functorch_transforms_active()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+
+
 def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, training=False,
         bidirectional=False, batch_first=False, batch_sizes=None, proj_size=0, backend=None):
     """A torch.nn.LSTM/GRU/RNN forward on already validated arguments.
@@ -123,10 +133,21 @@ def _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training, 
     rev = (_reverse_index(T, B, batch_sizes, x.device)
            if bidirectional and batch_sizes is not None else None)
     per = len(weights) // (num_layers * D)
+    fused = D == 2 and _fused_directions(be, proj_size)
     hns, cns = [], []
     for layer in range(num_layers):
         outs = []
-        for d in range(D):
+        if fused:   # both directions as two stacked members of one layer call
+            k = 2 * layer
+            pair = (weights[k * per:(k + 1) * per], weights[(k + 1) * per:(k + 2) * per])
+            stacked = [torch.stack(ws) for ws in zip(*pair)]   # w_ih, w_hh (, b_ih, b_hh)
+            lw = LayerWeights(*stacked, *[None] * (5 - len(stacked)))
+            y, hn, cn = recurrent_layer(mode, torch.stack((x, _reverse(x, rev))), h0[k:k + 2],
+                                        None if c0 is None else c0[k:k + 2], lw, batch_sizes)
+            outs = [y[0], _reverse(y[1], rev)]
+            hns += [hn[0], hn[1]]
+            cns += [None, None] if cn is None else [cn[0], cn[1]]
+        for d in range(0 if fused else D):
             k = layer * D + d
             w = weights[k * per:(k + 1) * per]  # torch's _flat_weights order
             lw = LayerWeights(w[0], w[1], *((w[2], w[3]) if bias else (None, None)),

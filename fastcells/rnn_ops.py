@@ -74,10 +74,23 @@ def _unaliased(grads):
     return grads
 
 
+def _each_member(fn, tensors, M):
+    """``fn(*tensors)`` for each of M stacked members (every tensor indexed on its leading
+    dimension), the results stacked: the reference math and the torch.func paths take the
+    members of a fused-directions layer one by one."""
+    outs = [fn(*[None if t is None else t[k] for t in tensors]) for k in range(M)]
+    return [None if o[0] is None else torch.stack(o) for o in zip(*outs)]
+
+
 def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
     """First-order gradients of the layer as a differentiable function: the reference math
     recomputed and differentiated with ``create_graph``.  Entries for inputs that do not
     require grad are None."""
+    if inputs[4].dim() == 3:   # stacked members
+
+        def one(dy, dcn, *ins):
+            return _reference_grads(mode, batch_sizes, ins, dy, dcn)
+        return _each_member(one, (dy, dcn, *inputs), inputs[4].shape[0])
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     wanted = [t is not None and t.requires_grad for t in inputs]
     with torch.enable_grad():
@@ -209,7 +222,7 @@ class RNNLayer(_Function):
     @staticmethod
     def backward(ctx, dy, dcs, _dsaved, _dm):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
-        dcn = dcs[-1] if c0 is not None and dcs is not None else None
+        dcn = dcs.select(-3, -1) if c0 is not None and dcs is not None else None
         if dy is None:   # only c_n was used
             dy = torch.zeros_like(y)
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -221,14 +234,26 @@ class RNNLayer(_Function):
             return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
         args = (ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1, x, h0, c0, w_ih, w_hh,
                 b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
+        transformed = _legacy_batched(dy, dcn) or torch._C._are_functorch_transforms_active()
+        if w_hh.dim() == 3 and transformed:   # stacked members: one at a time
+            head, tensors = args[:4], args[4:]
+            grads = _each_member(lambda *t: RNNLayer._grads((*head, *t)), tensors,
+                                 w_hh.shape[0])
+        else:
+            grads = RNNLayer._grads(args)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
+
+    @staticmethod
+    def _grads(args):
+        dy, dcn = args[16:]
         if _legacy_batched(dy, dcn):
             grads = _legacy_vmap(RNNLayerBackward.vmap, args)
         elif torch._C._are_functorch_transforms_active():
             grads = RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
         else:  # a plain backward records nothing: the Function around it would only cost time
             grads = _backward_of(args)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
-        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
+        return grads
 
     @staticmethod
     def vmap(info, in_dims, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
@@ -424,7 +449,9 @@ def _needs_grad(tensors):
 def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     """One layer, one direction on the fused kernels: returns (y (T, B, K), h_n, c_n or None).
     Eager calls take the autograd Function; torch.compile and torch.jit.trace record the custom
-    op (a trace records ops, and the Function's kernels are none)."""
+    op (a trace records ops, and the Function's kernels are none).  In eager calls outside
+    torch.func, every tensor may carry a leading member dimension M (kernels.recurrence: the
+    directions of a layer in the same launches), and so do the results."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -433,12 +460,12 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
         y, cs, _, _ = RNNLayer.apply(*args)
     else:  # inference (no_grad, or nothing requires grad): no autograd node to build
         y, cs, _, _ = _forward(*args)
-    if x.shape[0] == 1:  # a view whose backward is a view too (a select's fills zeros)
-        cn = None if c0 is None else cs.squeeze(0)
-        return y, y.squeeze(0), cn if cn is None or cn.dtype == x.dtype else cn.to(x.dtype)
+    if x.shape[-3] == 1:  # a view whose backward is a view too (a select's fills zeros)
+        cn = None if c0 is None else cs.squeeze(-3)
+        return y, y.squeeze(-3), cn if cn is None or cn.dtype == x.dtype else cn.to(x.dtype)
     cn = None
     if c0 is not None:
-        cn = cs[-1]
+        cn = cs.select(-3, -1)
         if cn.dtype != x.dtype:
             cn = cn.to(x.dtype)
-    return y, y[-1], cn
+    return y, y.select(-3, -1), cn

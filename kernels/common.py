@@ -32,6 +32,34 @@ def dot_acc(acc, a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr,
+                    cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
+                    GATES: tl.constexpr, SAVED: tl.constexpr):
+    """The forward step's pointers moved to member ``program_id(2)``: M independent
+    recurrences of one shape (the two directions of a layer) run in one launch, each tensor
+    stacked on a leading member dimension.  Member 0 is the tensors as passed."""
+    m = tl.program_id(2).to(tl.int64)
+    G = GATES * H
+    return (xp_ptr + m * T * B * G, x_ptr + m * T * B * I, w_ih_ptr + m * G * I,
+            w_ptr + m * G * K, b_ih_ptr + m * G, b_hh_ptr + m * G, h0_ptr + m * B * K,
+            c0_ptr + m * B * H, y_ptr + m * T * B * K, cs_ptr + m * T * B * H,
+            out_ptr + m * T * B * H, saved_ptr + m * T * B * SAVED * H)
+
+
+@triton.jit
+def member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr,
+                    dgh_ptr, carry_ptr, dc_ptr, T, B, H, K,
+                    GATES: tl.constexpr, SAVED: tl.constexpr):
+    """The backward step's pointers moved to member ``program_id(2)`` (see member_fwd_ptrs)."""
+    m = tl.program_id(2).to(tl.int64)
+    G = GATES * H
+    return (dy_ptr + m * T * B * H, w_ptr + m * G * K, saved_ptr + m * T * B * SAVED * H,
+            h0_ptr + m * B * K, y_ptr + m * T * B * K, c0_ptr + m * B * H,
+            cs_ptr + m * T * B * H, dcn_ptr + m * B * H, dgx_ptr + m * T * B * G,
+            dgh_ptr + m * T * B * G, carry_ptr + m * B * K, dc_ptr + m * B * H)
+
+
+@triton.jit
 def tile_index(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's (batch tile, hidden tile): int64 rows, cols and their masks."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)

@@ -94,3 +94,17 @@ def choose_recurrence(mode, dtype, B, H, T, device, proj=False):
     if any(rule.covers(gpu, mode, name, B, H, T) for rule in RULES):
         return "resident"
     return "step"
+
+
+DIRECTIONS_ENV = "FASTCELLS_DIRECTIONS"
+
+
+def fuse_directions():
+    """Whether a bidirectional layer runs both directions in the same launches (stacked members,
+    ``kernels.recurrence``): ``FASTCELLS_DIRECTIONS=fused``.  The default, ``separate``, launches
+    each direction on its own: the fused path halves the step launches but stacks the inputs
+    and weights of both directions per call, and no GPU run has measured it yet."""
+    value = os.environ.get(DIRECTIONS_ENV, "separate").strip().lower() or "separate"
+    if value not in ("separate", "fused"):
+        raise ValueError(f"{DIRECTIONS_ENV} must be 'separate' or 'fused', got {value!r}")
+    return value == "fused"

@@ -10,9 +10,9 @@ projection in the same launch.
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile, prev_ptr,
-                     prev_state, sigmoid, step_preacts, store_gates3, store_gates4, store_tile,
-                     tanh, tile_index)
+from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
+                     member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
+                     step_preacts, store_gates3, store_gates4, store_tile, tanh, tile_index)
 
 
 @triton.jit
@@ -70,12 +70,16 @@ def _gru_fwd_step_kernel(
     out_ptr,   # (T, B, H) where h_t goes (y)
     saved_ptr,  # (T, B, 4H) r, z, n and hn = h W_hn^T + b_hn for the backward pass
     batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
-    t, B, H, K, I,
+    t, T, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr, cs_ptr, out_ptr, \
+        saved_ptr = member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr,
+                                    c0_ptr, y_ptr, cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
+                                    3, 4)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 3 * H
@@ -112,6 +116,10 @@ def _gru_bwd_step_kernel(
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, \
+        carry_ptr, dc_ptr = member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr,
+                                            cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, carry_ptr, dc_ptr,
+                                            T, B, H, K, 3, 4)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 3 * H

@@ -12,9 +12,9 @@ read where the caller keeps them (step 0), never copied into the sequence buffer
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile, prev_ptr,
-                     prev_state, sigmoid, step_preacts, store_gates4, store_tile, tanh,
-                     tile_index)
+from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
+                     member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
+                     step_preacts, store_gates4, store_tile, tanh, tile_index)
 
 
 @triton.jit
@@ -78,12 +78,16 @@ def _lstm_fwd_step_kernel(
     out_ptr,   # (T, B, H) where h_t goes: y itself, or m_t = o tanh(c_t) when PROJ
     saved_ptr,  # (T, B, 4H) activated gates i, f, g, o for the backward pass
     batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES: packed sequences)
-    t, B, H, K, I,
+    t, T, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr, cs_ptr, out_ptr, \
+        saved_ptr = member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr,
+                                    c0_ptr, y_ptr, cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
+                                    4, 4)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 4 * H
@@ -127,6 +131,10 @@ def _lstm_bwd_step_kernel(
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, \
+        carry_ptr, dc_ptr = member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr,
+                                            cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, carry_ptr, dc_ptr,
+                                            T, B, H, K, 4, 4)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     G = 4 * H

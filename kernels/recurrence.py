@@ -6,6 +6,12 @@ cell, T == 1) computes its input projection inside the step kernel instead: one 
 Buffers are time-major and contiguous; the initial states are read where they lie.  Packed
 (variable-length) batches are sorted by decreasing length, so the rows active at step t are a
 prefix 0..batch_sizes[t]-1; ended rows carry their state.
+
+Members: every tensor may carry a leading dimension M (x (M, T, B, I), w_hh (M, G*H, K), ...):
+M independent recurrences of one shape, such as the two directions of a bidirectional layer,
+run in the same launches (a third grid axis, ``kernels.common.member_fwd_ptrs``), and the hoisted
+GEMMs become batched GEMMs.  Stacked members take the step chain (no resident kernel) and no
+projection.
 """
 import threading
 from dataclasses import dataclass, field
@@ -82,7 +88,21 @@ def _stream_key(dev):
 def _input_projection(x, w_ih, out=None):
     # no autograd: ``out=`` refuses it, and the layer's gradients come from the backward here
     with torch.no_grad():
-        return torch.matmul(x, w_ih.t(), out=out)
+        if x.dim() == 3:
+            return torch.matmul(x, w_ih.t(), out=out)
+        M, T, B, I = x.shape   # members: one batched GEMM
+        rows = torch.bmm(x.reshape(M, T * B, I), w_ih.transpose(1, 2),
+                         out=None if out is None else out.view(M, T * B, -1))
+        return rows.view(M, T, B, -1) if out is None else out
+
+
+def _members(x, w_hr=None):
+    """(lead, M): the leading member dimension of ``x`` ((), 1 when there is none)."""
+    lead = tuple(x.shape[:-3])
+    if lead and w_hr is not None:
+        raise ValueError("fastcells: stacked members (fused directions) with a projection "
+                         "(proj_size > 0) are not supported")
+    return lead, (lead[0] if lead else 1)
 
 
 def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
@@ -100,10 +120,11 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     spec = CELLS[mode]
     check_dtype(x.dtype)
-    if x.shape[0] == 1 and batch_sizes is None and w_hr is None:
+    if x.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-    T, B, I = x.shape
-    GH, K = w_hh.shape
+    lead, M = _members(x, w_hr)
+    T, B, I = x.shape[-3:]
+    GH, K = w_hh.shape[-2:]
     H = GH // spec.gates
     dev, dt = x.device, x.dtype
     has_bias, proj = b_ih is not None, w_hr is not None
@@ -116,16 +137,17 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
     if spec.has_cell:
         inputs["c0"] = c0.contiguous()
-    outputs = dict(y=((T, B, K), dt, dev))
+    outputs = dict(y=((*lead, T, B, K), dt, dev))
     if spec.has_cell:
-        outputs["cs"] = ((T, B, H), dt if T == 1 else acc_dtype(dt), dev)
+        outputs["cs"] = ((*lead, T, B, H), dt if T == 1 else acc_dtype(dt), dev)
     if spec.saved:
-        outputs["saved"] = ((T, B, spec.saved * H), dt, dev)
+        outputs["saved"] = ((*lead, T, B, spec.saved * H), dt, dev)
     if proj:
         outputs["m"] = ((T, B, H), dt, dev)
         inputs["w_hr_t"] = w_hr.t()
     grid, meta, tiles = _launch_config(B, H, K, dt)
-    path = choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
+    grid = (*grid, M)
+    path = "step" if lead else choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
     if path == "resident":   # its tiles, and the dot precision the launch reads, in the graph key
         tiles = (*resident_tiles(H, dt), tiles[-1])
 
@@ -137,7 +159,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
         if B == 0:
             return
         if H == 0:
-            y.copy_(b["h0"].expand(T, B, K))  # nothing evolves
+            y.copy_(b["h0"].unsqueeze(-3).expand(*lead, T, B, K))  # nothing evolves
             return
         m, xp = b.get("m"), b["xp"]
         # the arguments bound once; each step changes t only (host time per step)
@@ -147,8 +169,9 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
             c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=b.get("cs", y), out_ptr=m if proj else y,
             saved_ptr=b.get("saved", y),
             batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
-            B=B, H=H, K=K, I=I, HAS_BIAS=has_bias, HAS_BATCH_SIZES=batch_sizes_dev is not None,
-            PROJ=proj, FUSE_X=False, **meta, **spec.extra,
+            T=T, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
+            HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, FUSE_X=False, **meta,
+            **spec.extra,
         ))
         for t in range(T):
             launch(t)
@@ -159,7 +182,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
-        key = ("fwd", path, mode, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
+        key = ("fwd", path, mode, lead, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
@@ -170,15 +193,18 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
 def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """``layer_forward`` for one step (a cell) without packing or projection: one fused launch
     (the input projection inside it), no graph, nothing allocated but the outputs."""
-    _, B, I = x.shape
-    GH, K = w_hh.shape
+    *lead, _, B, I = x.shape
+    GH, K = w_hh.shape[-2:]
     H = GH // spec.gates
     dt, dev = x.dtype, x.device
-    y = torch.empty((1, B, K), dtype=dt, device=dev)
-    cs = torch.empty((1, B, H), dtype=dt, device=dev) if spec.has_cell else None
-    saved = torch.empty((1, B, spec.saved * H), dtype=dt, device=dev) if spec.saved else None
+    y = torch.empty((*lead, 1, B, K), dtype=dt, device=dev)
+    cs = torch.empty((*lead, 1, B, H), dtype=dt, device=dev) if spec.has_cell else None
+    saved = (torch.empty((*lead, 1, B, spec.saved * H), dtype=dt, device=dev) if spec.saved
+             else None)
     if B and H:
         grid, meta, _ = _launch_config(B, H, K, dt)
+        if lead:
+            grid = (*grid, lead[0])
         w = w_hh.contiguous()
         has_bias = b_ih is not None
         spec.fwd[grid](
@@ -187,7 +213,7 @@ def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
             b_hh_ptr=b_hh.contiguous() if has_bias else w, h0_ptr=h0.contiguous(),
             c0_ptr=c0.contiguous() if spec.has_cell else y, y_ptr=y,
             cs_ptr=y if cs is None else cs, out_ptr=y, saved_ptr=y if saved is None else saved,
-            batch_sizes_ptr=y, t=0, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
+            batch_sizes_ptr=y, t=0, T=1, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
             HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **spec.extra,
         )
     return y, cs, saved, None
@@ -203,11 +229,12 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
     ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype."""
     spec = CELLS[mode]
-    if y.shape[0] == 1 and batch_sizes is None and w_hr is None:
+    if y.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn)
+    lead, M = _members(y, w_hr)
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, y.device)
-    T, B, K = y.shape
-    GH = w_hh.shape[0]
+    T, B, K = y.shape[-3:]
+    GH = w_hh.shape[-2]
     H = GH // spec.gates
     dev, dt = y.device, y.dtype
     acc = acc_dtype(dt)
@@ -221,17 +248,18 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
             inputs["dcn"] = dcn.contiguous()
     if proj:
         inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m)
-    outputs = dict(dgx=((T, B, GH), dt, dev), carry=((B, K), acc, dev))
+    outputs = dict(dgx=((*lead, T, B, GH), dt, dev), carry=((*lead, B, K), acc, dev))
     if spec.split_dgates:
-        outputs["dgh"] = ((T, B, GH), dt, dev)
+        outputs["dgh"] = ((*lead, T, B, GH), dt, dev)
     if spec.has_cell:
-        outputs["dc"] = ((B, H), acc, dev)
+        outputs["dc"] = ((*lead, B, H), acc, dev)
     if proj:
         outputs["dhs"] = ((T, B, K), acc, dev)
         outputs["dm"] = ((T, B, H), acc, dev)
     grid, meta, tiles = _launch_config(B, H, max(K, GH), dt)
+    grid = (*grid, M)
     has_dcn = "dcn" in inputs
-    path = choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
+    path = "step" if lead else choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
     if path == "resident":
         tiles = (*resident_tiles(H, dt), tiles[-1])
 
@@ -252,7 +280,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
-        key = ("bwd", path, mode, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
+        key = ("bwd", path, mode, lead, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
     b = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     dgx = keep(b["dgx"])
@@ -268,6 +296,9 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     With ``groups`` = N > 1 the batch rows are N interleaved problems (row b * N + n belongs to
     problem n: a vmapped layer folded into one launch), and every weight gradient gets a leading
     dimension N."""
+    if y.dim() == 4:
+        return _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_grad,
+                             groups)
     T, B, K = y.shape
     GH = dgx.shape[-1]
     dt = y.dtype
@@ -320,29 +351,64 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
 
+def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_grad, groups):
+    """``layer_grads`` for stacked members (a leading dimension M on every tensor): the same
+    GEMMs, batched over the members."""
+    if groups != 1:
+        raise ValueError("fastcells: stacked members within a folded vmap are not supported")
+    M, T, B, K = y.shape
+    GH = dgx.shape[-1]
+    dt = y.dtype
+    acc = acc_dtype(dt)
+    if B == 0:
+        zero = y.new_zeros
+        bias = zero(M, GH) if has_bias else None
+        return (torch.zeros_like(x) if need_input_grad else None, carry.to(dt),
+                zero(w_ih.shape), zero(w_hh.shape), bias, None if bias is None else bias.clone(),
+                None)
+    gx = dgx.view(M, T * B, GH)
+    gh = gx if dgh is dgx else dgh.view(M, T * B, GH)
+    gh0 = gh[:, :B]
+    if dt == acc:
+        dh0 = torch.baddbmm(carry, gh0, w_hh)
+    else:
+        dh0 = (carry + torch.bmm(gh0, w_hh).to(acc)).to(dt)
+    dx = torch.bmm(gx, w_ih).view(M, T, B, -1) if need_input_grad else None
+    dw_ih = torch.bmm(gx.transpose(1, 2), x.reshape(M, T * B, -1))
+    dw_hh = torch.bmm(gh0.transpose(1, 2), h0)
+    if T > 1:
+        dw_hh = dw_hh.baddbmm_(gh[:, B:].transpose(1, 2), y[:, :T - 1].reshape(M, -1, K))
+    db_ih = gx.sum(1) if has_bias else None
+    db_hh = (db_ih if dgh is dgx else gh.sum(1)) if has_bias else None
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
+
+
 def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
     """``layer_backward_steps`` for one step (a cell) without packing or projection: one launch,
     no graph, nothing allocated but the outputs (``_single_step`` is its forward)."""
-    _, B, K = y.shape
-    GH = w_hh.shape[0]
+    *lead, _, B, K = y.shape
+    GH = w_hh.shape[-2]
     H = GH // spec.gates
     dt, dev = y.dtype, y.device
     acc = acc_dtype(dt)
     b = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y,
-             dgx=torch.empty((1, B, GH), dtype=dt, device=dev),
-             carry=torch.empty((B, K), dtype=acc, device=dev))
+             dgx=torch.empty((*lead, 1, B, GH), dtype=dt, device=dev),
+             carry=torch.empty((*lead, B, K), dtype=acc, device=dev))
     if saved is not None:
         b["saved"] = saved
     if spec.split_dgates:
-        b["dgh"] = torch.empty((1, B, GH), dtype=dt, device=dev)
+        b["dgh"] = torch.empty((*lead, 1, B, GH), dtype=dt, device=dev)
     if spec.has_cell:
-        b.update(c0=c0.contiguous(), cs=cs, dc=torch.empty((B, H), dtype=acc, device=dev))
+        b.update(c0=c0.contiguous(), cs=cs,
+                 dc=torch.empty((*lead, B, H), dtype=acc, device=dev))
         if dcn is not None:
             b["dcn"] = dcn.contiguous()
     if B == 0 or H == 0:
         _no_rows_grads(b)
     else:
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
+        if lead:
+            grid = (*grid, lead[0])
         _bwd_step_launch(spec, grid, meta, b, 1, B, H, K, None, False)(0)
     return b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None
 

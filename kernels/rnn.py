@@ -4,7 +4,8 @@ import triton
 import triton.language as tl
 
 from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair, gate_input,
-                     load_tile, prev_ptr, store_tile, tanh, tile_index)
+                     load_tile, member_bwd_ptrs, member_fwd_ptrs, prev_ptr, store_tile, tanh,
+                     tile_index)
 
 
 @triton.jit
@@ -52,13 +53,17 @@ def _rnn_fwd_step_kernel(
     out_ptr,   # (T, B, H) where h_t goes (y)
     saved_ptr,  # unused: the backward pass needs only h_t
     batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
-    t, B, H, K, I,
+    t, T, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
+    xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr, cs_ptr, out_ptr, \
+        saved_ptr = member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr,
+                                    c0_ptr, y_ptr, cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
+                                    1, 0)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
@@ -93,6 +98,10 @@ def _rnn_bwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
+    dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, \
+        carry_ptr, dc_ptr = member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr,
+                                            cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, carry_ptr, dc_ptr,
+                                            T, B, H, K, 1, 0)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
     dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)

@@ -72,10 +72,10 @@ def variants():
                 yield (f"{family}-{kind}-resident-{dtype}-ieee", kernel, dtype,
                        {**base, "PRECISION": "ieee", "HAS_BATCH_SIZES": True, **flags})
             # Triton specializes an integer argument equal to 1 into a constant (B = 1: one
-            # sequence; H = 1): a kernel must compile that way too.
+            # sequence; H = 1; T = 1: a cell step): a kernel must compile that way too.
             ones = dict(B=1, H=1, K=1, I=1)
-            for kind, kernel, flags in (("fwd-step", fwd, dict(HAS_BIAS=True, FUSE_X=True)),
-                                        ("bwd-step", bwd, dict(HAS_DCN=True)),
+            for kind, kernel, flags in (("fwd-step", fwd, dict(HAS_BIAS=True, FUSE_X=True, T=1)),
+                                        ("bwd-step", bwd, dict(HAS_DCN=True, T=1)),
                                         ("fwd-resident", rfwd, dict(HAS_BIAS=True)),
                                         ("bwd-resident", rbwd, dict(HAS_DCN=True))):
                 yield (f"{family}-{kind}-{dtype}-size1", kernel, dtype,

@@ -98,7 +98,7 @@ def test_cache_evicts_least_recently_used(fake_graphs, device, monkeypatch):
         x = torch.randn(steps, B, I, dtype=torch.float64, device=device)
         with torch.no_grad():
             assert_close(fast(x)[0], ref(x)[0], torch.float64)
-        return [k[3] for k in cuda_graph._cache]   # the cached sequence lengths, LRU first
+        return [k[4] for k in cuda_graph._cache]   # the cached sequence lengths, LRU first
 
     assert call(2) == [2]
     assert call(3) == [2, 3]

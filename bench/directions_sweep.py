@@ -1,0 +1,101 @@
+"""Bidirectional layers: both directions in the same launches (FASTCELLS_DIRECTIONS=fused)
+against one direction after the other (separate, the default), with cuDNN beside them (GPU
+only).  Its rows decide whether kernels.dispatch.fuse_directions turns on by default.
+
+python bench/directions_sweep.py --out FILE.json [--budget-s 90]
+
+Shapes run most important first (the benchmark's fastrnns-2L-bidir case, then small batches
+where launches dominate); rows are written after every shape, so a cut run keeps them.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fastcells                                       # noqa: E402
+from bench.recurrence_sweep import _commit             # noqa: E402
+from fastcells.kernels.dispatch import DIRECTIONS_ENV  # noqa: E402
+
+CLASSES = {"lstm": fastcells.LSTM, "gru": fastcells.GRU}
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# (mode, dtype, layers, B, H, T), I = H
+PLAN = [("lstm", "bf16", 2, 64, 512, 100), ("lstm", "fp32", 2, 64, 512, 100),
+        ("gru", "bf16", 2, 64, 512, 100), ("lstm", "bf16", 1, 16, 256, 1024),
+        ("lstm", "fp32", 1, 1, 256, 1024), ("gru", "bf16", 1, 16, 256, 1024)]
+
+
+def measure(mode, dtype, L, B, H, T, impl):
+    """{pass: (median, p20, p80) ms} for fwd and fwd+bwd of one bidirectional module."""
+    from triton.testing import do_bench
+    os.environ[DIRECTIONS_ENV] = "separate" if impl == "cudnn" else impl
+    torch.manual_seed(0)
+    m = CLASSES[mode](H, H, num_layers=L, bidirectional=True,
+                      backend="native" if impl == "cudnn" else "triton")
+    m = m.cuda().to(DTYPES[dtype])
+    x = torch.randn(T, B, H, device="cuda", dtype=DTYPES[dtype], requires_grad=True)
+    dy = torch.randn(T, B, 2 * H, device="cuda", dtype=DTYPES[dtype])
+
+    def fwd():
+        with torch.no_grad():
+            m(x)
+
+    def fwd_bwd():
+        m(x)[0].backward(dy)
+
+    out = {}
+    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+        fn()                       # compile and capture outside the timing
+        torch.cuda.synchronize()
+        out[name] = do_bench(fn, warmup=10, rep=60, quantiles=[0.5, 0.2, 0.8])
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--budget-s", type=float, default=90.0)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("directions_sweep: needs a CUDA GPU (Triton timings on CPU mean nothing)")
+        return 0
+    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=_commit(),
+                date=time.strftime("%Y-%m-%d"), I_equals_H=True, bidirectional=True,
+                note="fwd under no_grad; fwd+bwd: forward and y.backward(dy); do_bench medians")
+    rows, t0 = [], time.time()
+    print(f"{'mode':5} {'dtype':5} {'L':>2} {'B':>4} {'H':>4} {'T':>5} {'pass':8} "
+          f"{'separate':>9} {'fused':>9} {'cudnn':>9} {'fused/sep':>9}", flush=True)
+    for mode, dtype, L, B, H, T in PLAN:
+        if time.time() - t0 > args.budget_s:
+            meta["cut"] = f"budget {args.budget_s:.0f} s reached"
+            break
+        res = {}
+        for impl in ("separate", "fused", "cudnn"):
+            try:
+                res[impl] = measure(mode, dtype, L, B, H, T, impl)
+            except Exception as e:  # noqa: BLE001 - a failing path is a result
+                res[impl] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        for p in ("fwd", "fwd+bwd"):
+            ms = {k: (v.get(p) if "error" not in v else None) for k, v in res.items()}
+            rows.append(dict(mode=mode, dtype=dtype, layers=L, B=B, H=H, I=H, T=T,
+                             **{"pass": p}, ms=ms,
+                             errors={k: v["error"] for k, v in res.items() if "error" in v}))
+            med = {k: (v[0] if v else float("nan")) for k, v in ms.items()}
+            print(f"{mode:5} {dtype:5} {L:2d} {B:4d} {H:4d} {T:5d} {p:8} {med['separate']:9.3f} "
+                  f"{med['fused']:9.3f} {med['cudnn']:9.3f} "
+                  f"{med['fused'] / med['separate']:9.2f}", flush=True)
+        for k, v in res.items():
+            if "error" in v:
+                print(f"  {k}: {v['error']}", flush=True)
+        with open(args.out, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+    os.environ.pop(DIRECTIONS_ENV, None)
+    print(f"{len(rows)} rows in {time.time() - t0:.0f} s -> {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""Both directions of a bidirectional layer in the same launches (FASTCELLS_DIRECTIONS=fused):
+the step kernels' member axis (kernels.common.member_fwd_ptrs), the batched hoisted GEMMs, and
+the fallbacks (reference math for create_graph, member by member under vmap), against torch.nn
+in float64.  Off by default until a GPU run has measured it (kernels.dispatch.fuse_directions)."""
+import dataclasses
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from fastcells.kernels import recurrence
+from fastcells.kernels.dispatch import fuse_directions
+from rnn_utils import KINDS, flat, grads, loss_of, twins
+from test_rnn_parity import _make_input
+from tolerances import assert_close
+
+T, B, I, H = 5, 3, 4, 7
+
+
+@pytest.fixture
+def fused(monkeypatch):
+    monkeypatch.setenv("FASTCELLS_DIRECTIONS", "fused")
+
+
+CASES = [(kind, opt, inp) for kind in KINDS
+         for opt, inp in (("bidir", "given-hx"), ("bidir2-nobias", "packed"))]
+CASES += [("lstm", "bidir-batch_first", "noncontig"), ("gru", "bidir", "unbatched"),
+          ("lstm", "bidir", "packed-sorted"), ("lstm", "bidir2", "zeros-hx")]
+OPTIONS = {"bidir": dict(bidirectional=True), "bidir2": dict(num_layers=2, bidirectional=True),
+           "bidir2-nobias": dict(num_layers=2, bidirectional=True, bias=False),
+           "bidir-batch_first": dict(bidirectional=True, batch_first=True)}
+
+
+@pytest.mark.parametrize("kind,opt,inp", CASES)
+def test_fused_directions_match_torch(kind, opt, inp, fused, device):
+    ref, fast = twins(KINDS, kind, I, H, backend="triton", device=device, **OPTIONS[opt])
+    x, hx, leaves = _make_input(kind, ref, inp, device)
+    with torch.backends.cudnn.flags(enabled=False):
+        out_ref = ref(x, hx)
+    out_fast = fast(x, hx)
+    fr, ff = flat(out_ref), flat(out_fast)
+    for a, b in zip(ff, fr):
+        assert a.shape == b.shape
+        assert_close(a, b, torch.float64)
+    g_ref = grads(loss_of(fr), leaves + list(ref.parameters()))
+    g_fast = grads(loss_of(ff), leaves + list(fast.parameters()))
+    names = [f"input{i}" for i in range(len(leaves))] + [n for n, _ in ref.named_parameters()]
+    for name, a, b in zip(names, g_fast, g_ref):
+        assert a is not None, name
+        assert_close(a, b, torch.float64, msg=lambda m, name=name: f"d{name}: {m}")
+
+
+def _counting(monkeypatch, mode):
+    """Records the grid of every forward and backward step launch of ``mode``."""
+    calls = {"fwd": [], "bwd": []}
+
+    class Counting:
+        def __init__(self, kernel, into):
+            self.kernel, self.into, self.arg_names = kernel, into, kernel.arg_names
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def counted(*args, **kwargs):
+                self.into.append(grid)
+                return launch(*args, **kwargs)
+            return counted
+
+    spec = recurrence.CELLS[mode]
+    monkeypatch.setitem(recurrence.CELLS, mode, dataclasses.replace(
+        spec, fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
+    return calls
+
+
+@pytest.mark.parametrize("setting,launches,members", [("fused", T, 2), ("separate", 2 * T, 1)])
+def test_one_launch_per_step_for_both_directions(setting, launches, members, monkeypatch,
+                                                 device):
+    monkeypatch.setenv("FASTCELLS_DIRECTIONS", setting)
+    monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")  # count Python launches, not a capture's
+    calls = _counting(monkeypatch, "lstm")
+    _, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+    fast(x)[0].sum().backward()
+    for grids in calls.values():
+        assert len(grids) == launches
+        assert all((g[2] if len(g) == 3 else 1) == members for g in grids)
+
+
+def test_fused_packed_batches_one_launch_per_step(fused, monkeypatch, device):
+    calls = _counting(monkeypatch, "gru")
+    _, fast = twins(KINDS, "gru", I, H, backend="triton", device=device, bidirectional=True)
+    x = pack_padded_sequence(torch.randn(T, B, I, dtype=torch.float64, device=device),
+                             torch.tensor([5, 3, 1]))
+    fast(x)[0].data.sum().backward()
+    assert len(calls["fwd"]) == T and len(calls["bwd"]) == T
+
+
+def test_fused_create_graph_matches_separate(monkeypatch, device):
+    """A gradient penalty (create_graph=True) differentiates the reference math member by
+    member: the same second-order gradients as the separate directions."""
+    _, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device)
+    results = {}
+    for setting in ("separate", "fused"):
+        monkeypatch.setenv("FASTCELLS_DIRECTIONS", setting)
+        xi = x.clone().requires_grad_()
+        (gx,) = torch.autograd.grad(loss_of(flat(fast(xi))), xi, create_graph=True)
+        results[setting] = torch.autograd.grad(gx.square().sum(), [xi, *fast.parameters()])
+    for a, b in zip(results["fused"], results["separate"]):
+        assert_close(a, b, torch.float64)
+
+
+def test_fused_vectorized_jacobian_matches_separate(monkeypatch, device):
+    """jacobian(vectorize=True) batches the backward with torch's legacy vmap: the fused layer
+    then takes its members one by one."""
+    _, fast = twins(KINDS, "gru", 3, 4, backend="triton", device=device, bidirectional=True)
+    x = torch.randn(3, 2, 3, dtype=torch.float64, device=device)
+    jac = {}
+    for setting in ("separate", "fused"):
+        monkeypatch.setenv("FASTCELLS_DIRECTIONS", setting)
+        jac[setting] = torch.autograd.functional.jacobian(lambda v: fast(v)[0], x,
+                                                          vectorize=True)
+    assert_close(jac["fused"], jac["separate"], torch.float64)
+
+
+def test_fused_gradcheck(fused, device):
+    _, fast = twins(KINDS, "rnn_tanh", 2, 3, backend="triton", device=device,
+                    bidirectional=True)
+    x = torch.randn(3, 2, 2, dtype=torch.float64, device=device, requires_grad=True)
+    h0 = torch.randn(2, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, h: fast(x, h)[0], (x, h0))
+
+
+def test_torch_func_takes_the_separate_directions(fused, device):
+    ref, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device, bidirectional=True)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device)
+    params = dict(fast.named_parameters())
+    got = torch.func.grad(lambda p: torch.func.functional_call(fast, p, (x,))[0].sum())(params)
+    with torch.backends.cudnn.flags(enabled=False):
+        ref(x)[0].sum().backward()
+    for name, p in ref.named_parameters():
+        assert_close(got[name], p.grad, torch.float64)
+
+
+def test_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("FASTCELLS_DIRECTIONS", "both")
+    with pytest.raises(ValueError, match="FASTCELLS_DIRECTIONS"):
+        fuse_directions()
+    monkeypatch.delenv("FASTCELLS_DIRECTIONS")
+    assert fuse_directions() is False   # off until a GPU run has measured it

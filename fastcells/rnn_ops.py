@@ -5,9 +5,11 @@ one-step layer, which the launcher runs as one fused launch).
 
 * Eager calls take :class:`RNNLayer`, a ``torch.autograd.Function``: one autograd node, cached
   kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, reverse-mode
-  jacobians) runs through the kernels; there is no ``jvp`` rule (no forward mode, jacfwd).  A vmapped layer with shared weights is one batched launch
-  (the vmapped dimension is folded into the batch); batched weights (an ensemble) run one layer
-  per member.
+  jacobians) runs through the kernels; there is no ``jvp`` rule (no forward mode, jacfwd).  A
+  vmapped layer with shared weights is one batched launch (the vmapped dimension is folded into
+  the batch); batched weights (an ensemble) run as stacked members of one layer call (every
+  member in the same launches, ``kernels.recurrence``), and the backward of stacked members
+  under torch.func takes them one by one.
 * Under ``torch.compile`` the same math is the custom ops ``fastcells::rnn_layer`` and
   ``fastcells::rnn_layer_backward``, with fake implementations: no graph break, no retracing of
   the time loop.
@@ -136,6 +138,22 @@ def _unfold(t, n, batch_dim):
     return t.unflatten(batch_dim, (t.shape[batch_dim] // n, n)), batch_dim + 1
 
 
+def _as_members(info, in_dims, args):
+    """Batched weights (an ensemble) as stacked members of one layer call
+    (``kernels.recurrence``: every member in the same launches): each tensor's vmapped dimension
+    moved first, unbatched ones expanded.  Returns the outputs, vmapped at dimension 0."""
+    n = info.batch_size
+    mode, *tensors, batch_sizes = args
+
+    def member_first(t, d):
+        if t is None:
+            return None
+        return t.movedim(d, 0) if d is not None else t.expand(n, *t.shape)
+    stacked = [member_first(t, d) for t, d in zip(tensors, in_dims[1:9])]
+    out = RNNLayer.apply(mode, *stacked, batch_sizes)
+    return out, tuple(None if o is None else 0 for o in out)
+
+
 def _per_member(apply, info, in_dims, args):
     """Batched weights (an ensemble): one call per member, stacked."""
     outs = []
@@ -258,8 +276,13 @@ class RNNLayer(_Function):
     @staticmethod
     def vmap(info, in_dims, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
         args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
-        if any(d is not None for d in in_dims[4:]):
+        stacked = w_hh.dim() - (in_dims[5] is not None) == 3   # members already (nested vmap)
+        if stacked or in_dims[9] is not None or (w_hr is not None
+                                                  and in_dims[4:9] != (None,) * 5):
+            # stacked members, batched lengths, or a projected ensemble: member by member
             return _per_member(RNNLayer.apply, info, in_dims, args)
+        if any(d is not None for d in in_dims[4:9]):
+            return _as_members(info, in_dims, args)
         n = info.batch_size
         out = RNNLayer.apply(mode, _fold(x, in_dims[1], n, 1), _fold(h0, in_dims[2], n, 0),
                              _fold(c0, in_dims[3], n, 0), w_ih, w_hh, b_ih, b_hh, w_hr,

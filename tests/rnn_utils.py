@@ -65,3 +65,28 @@ def assert_same_errors(ref, fast, cases, device):
             fast(x, hx)
         assert type(e_fast.value) is type(e_ref.value), name
         assert str(e_fast.value) == str(e_ref.value), name
+
+
+def count_launches(monkeypatch, mode):
+    """Records the grid of every forward and backward step-kernel launch of ``mode``:
+    returns {"fwd": [grid, ...], "bwd": [...]}."""
+    import dataclasses
+    from fastcells.kernels import recurrence
+    calls = {"fwd": [], "bwd": []}
+
+    class Counting:
+        def __init__(self, kernel, into):
+            self.kernel, self.into, self.arg_names = kernel, into, kernel.arg_names
+
+        def __getitem__(self, grid):
+            launch = self.kernel[grid]
+
+            def counted(*args, **kwargs):
+                self.into.append(grid)
+                return launch(*args, **kwargs)
+            return counted
+
+    spec = recurrence.CELLS[mode]
+    monkeypatch.setitem(recurrence.CELLS, mode, dataclasses.replace(
+        spec, fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
+    return calls

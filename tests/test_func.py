@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, jacrev, vmap
 
-from rnn_utils import CELLS, KINDS, twins
+from rnn_utils import CELLS, KINDS, count_launches, twins
 
 T, B, I, H = 3, 2, 3, 5
 TOL = dict(atol=1e-9, rtol=1e-9)
@@ -104,11 +104,40 @@ def test_jacobian_vectorized(case, device):
 
 
 def test_vmap_ensemble_batched_weights(device):
-    """Model ensembling: vmap over stacked parameters (one layer per member)."""
+    """Model ensembling: vmap over stacked parameters (the members stacked in one layer call)."""
     (fast, ref), x, _ = _case("layer-lstm", device)
     params = {k: torch.stack([v, v * 0.5]) for k, v in _params(fast).items()}
     run = lambda m: vmap(lambda p: _out(functional_call(m, p, (x,))))(params)  # noqa: E731
     torch.testing.assert_close(run(fast), run(ref), **TOL)
+
+
+def _ensemble(m, k=2):
+    return {n: torch.stack([v * (1 - 0.3 * j) for j in range(k)]) for n, v in _params(m).items()}
+
+
+@pytest.mark.parametrize("case", ["layer-lstm", "layer-gru", "cell-lstm", "cell-rnn_relu"])
+@pytest.mark.parametrize("x_batched", [False, True])
+def test_vmap_ensemble_training(case, x_batched, device):
+    """Ensemble training (vmap of grad over stacked parameters, each member on its own data or
+    on shared data): the members run as stacked members of one layer call."""
+    (fast, ref), x, _ = _case(case, device)
+    xs = torch.stack([x, 0.5 * x]) if x_batched else x
+    dims = (0, 0 if x_batched else None)
+    got = vmap(grad(_loss_fn(fast)), in_dims=dims)(_ensemble(fast), xs)
+    want = vmap(grad(_loss_fn(ref)), in_dims=dims)(_ensemble(ref), xs)
+    _assert_same(got, want)
+
+
+def test_vmap_ensemble_is_one_launch_per_step(device, monkeypatch):
+    """The members of an ensemble share each step's launch (the member grid axis)."""
+    monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")  # count Python launches, not a capture's
+    grids = count_launches(monkeypatch, "gru")["fwd"]
+    (fast, ref), x, _ = _case("layer-gru", device)
+    run = lambda m: vmap(lambda p: _out(functional_call(m, p, (x,))))(_ensemble(m, 3))  # noqa: E731
+    with torch.no_grad():
+        got = run(fast)
+    assert len(grids) == T and all(g[2] == 3 for g in grids)
+    torch.testing.assert_close(got, run(ref), **TOL)
 
 
 def test_vmap_packed_layer(device):
@@ -128,27 +157,8 @@ def test_vmap_packed_layer(device):
 
 def test_vmapped_layer_is_one_batched_launch_per_step(device, monkeypatch):
     """vmap folds the vmapped dimension into the batch: T step launches, not T per member."""
-    import dataclasses
-    from fastcells.kernels import recurrence
-
-    calls = []
-
-    class Counting:
-        def __init__(self, kernel):
-            self.kernel = kernel
-            self.arg_names = kernel.arg_names
-
-        def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def counted(*args, **kwargs):
-                calls.append(grid)
-                return launch(*args, **kwargs)
-            return counted
-
     monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")  # count Python launches, not a capture's
-    spec = recurrence.CELLS["lstm"]
-    monkeypatch.setitem(recurrence.CELLS, "lstm", dataclasses.replace(spec, fwd=Counting(spec.fwd)))
+    calls = count_launches(monkeypatch, "lstm")["fwd"]
     (fast, _), x, _ = _case("layer-lstm", device)
     xs = torch.randn(7, T, B, I, dtype=torch.float64, device=device)
     with torch.no_grad():

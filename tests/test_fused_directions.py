@@ -2,15 +2,12 @@
 the step kernels' member axis (kernels.common.member_fwd_ptrs), the batched hoisted GEMMs, and
 the fallbacks (reference math for create_graph, member by member under vmap), against torch.nn
 in float64.  Off by default until a GPU run has measured it (kernels.dispatch.fuse_directions)."""
-import dataclasses
-
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from fastcells.kernels import recurrence
 from fastcells.kernels.dispatch import fuse_directions
-from rnn_utils import KINDS, flat, grads, loss_of, twins
+from rnn_utils import KINDS, count_launches, flat, grads, loss_of, twins
 from test_rnn_parity import _make_input
 from tolerances import assert_close
 
@@ -50,34 +47,12 @@ def test_fused_directions_match_torch(kind, opt, inp, fused, device):
         assert_close(a, b, torch.float64, msg=lambda m, name=name: f"d{name}: {m}")
 
 
-def _counting(monkeypatch, mode):
-    """Records the grid of every forward and backward step launch of ``mode``."""
-    calls = {"fwd": [], "bwd": []}
-
-    class Counting:
-        def __init__(self, kernel, into):
-            self.kernel, self.into, self.arg_names = kernel, into, kernel.arg_names
-
-        def __getitem__(self, grid):
-            launch = self.kernel[grid]
-
-            def counted(*args, **kwargs):
-                self.into.append(grid)
-                return launch(*args, **kwargs)
-            return counted
-
-    spec = recurrence.CELLS[mode]
-    monkeypatch.setitem(recurrence.CELLS, mode, dataclasses.replace(
-        spec, fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
-    return calls
-
-
 @pytest.mark.parametrize("setting,launches,members", [("fused", T, 2), ("separate", 2 * T, 1)])
 def test_one_launch_per_step_for_both_directions(setting, launches, members, monkeypatch,
                                                  device):
     monkeypatch.setenv("FASTCELLS_DIRECTIONS", setting)
     monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")  # count Python launches, not a capture's
-    calls = _counting(monkeypatch, "lstm")
+    calls = count_launches(monkeypatch, "lstm")
     _, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device, bidirectional=True)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
     fast(x)[0].sum().backward()
@@ -87,7 +62,7 @@ def test_one_launch_per_step_for_both_directions(setting, launches, members, mon
 
 
 def test_fused_packed_batches_one_launch_per_step(fused, monkeypatch, device):
-    calls = _counting(monkeypatch, "gru")
+    calls = count_launches(monkeypatch, "gru")
     _, fast = twins(KINDS, "gru", I, H, backend="triton", device=device, bidirectional=True)
     x = pack_padded_sequence(torch.randn(T, B, I, dtype=torch.float64, device=device),
                              torch.tensor([5, 3, 1]))

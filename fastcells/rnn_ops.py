@@ -7,9 +7,8 @@ one-step layer, which the launcher runs as one fused launch).
   kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, reverse-mode
   jacobians) runs through the kernels; there is no ``jvp`` rule (no forward mode, jacfwd).  A
   vmapped layer with shared weights is one batched launch (the vmapped dimension is folded into
-  the batch); batched weights (an ensemble) run as stacked members of one layer call (every
-  member in the same launches, ``kernels.recurrence``), and the backward of stacked members
-  under torch.func takes them one by one.
+  the batch); batched weights (an ensemble) run as stacked members of one layer call, forward
+  and backward (every member in the same launches, ``kernels.recurrence``).
 * Under ``torch.compile`` the same math is the custom ops ``fastcells::rnn_layer`` and
   ``fastcells::rnn_layer_backward``, with fake implementations: no graph break, no retracing of
   the time loop.
@@ -84,6 +83,16 @@ def _each_member(fn, tensors, M):
     return [None if o[0] is None else torch.stack(o) for o in zip(*outs)]
 
 
+def _reference_layer(mode, x, h0, c0, weights, batch_sizes):
+    """reference.layer, member by member for stacked members: (y, h_n, c_n)."""
+    if weights[1].dim() == 2:
+        return reference.layer(mode, x, h0, c0, weights, batch_sizes)
+
+    def one(x, h0, c0, *w):
+        return reference.layer(mode, x, h0, c0, LayerWeights(*w), batch_sizes)
+    return _each_member(one, (x, h0, c0, *weights), x.shape[0])
+
+
 def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
     """First-order gradients of the layer as a differentiable function: the reference math
     recomputed and differentiated with ``create_graph``.  Entries for inputs that do not
@@ -138,19 +147,18 @@ def _unfold(t, n, batch_dim):
     return t.unflatten(batch_dim, (t.shape[batch_dim] // n, n)), batch_dim + 1
 
 
-def _as_members(info, in_dims, args):
-    """Batched weights (an ensemble) as stacked members of one layer call
-    (``kernels.recurrence``: every member in the same launches): each tensor's vmapped dimension
-    moved first, unbatched ones expanded.  Returns the outputs, vmapped at dimension 0."""
+def _as_members(apply, info, in_dims, args, slots):
+    """Batched weights (an ensemble) as stacked members of one call of ``apply``
+    (``kernels.recurrence``: every member in the same launches): the tensors at ``slots`` get
+    their vmapped dimension moved first, or are expanded where unbatched.  Returns the outputs,
+    vmapped at dimension 0."""
     n = info.batch_size
-    mode, *tensors, batch_sizes = args
-
-    def member_first(t, d):
-        if t is None:
-            return None
-        return t.movedim(d, 0) if d is not None else t.expand(n, *t.shape)
-    stacked = [member_first(t, d) for t, d in zip(tensors, in_dims[1:9])]
-    out = RNNLayer.apply(mode, *stacked, batch_sizes)
+    args = list(args)
+    for i in slots:
+        t, d = args[i], in_dims[i]
+        if t is not None:
+            args[i] = t.movedim(d, 0) if d is not None else t.expand(n, *t.shape)
+    out = apply(*args)
     return out, tuple(None if o is None else 0 for o in out)
 
 
@@ -252,26 +260,14 @@ class RNNLayer(_Function):
             return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
         args = (ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1, x, h0, c0, w_ih, w_hh,
                 b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
-        transformed = _legacy_batched(dy, dcn) or torch._C._are_functorch_transforms_active()
-        if w_hh.dim() == 3 and transformed:   # stacked members: one at a time
-            head, tensors = args[:4], args[4:]
-            grads = _each_member(lambda *t: RNNLayer._grads((*head, *t)), tensors,
-                                 w_hh.shape[0])
-        else:
-            grads = RNNLayer._grads(args)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
-        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
-
-    @staticmethod
-    def _grads(args):
-        dy, dcn = args[16:]
         if _legacy_batched(dy, dcn):
             grads = _legacy_vmap(RNNLayerBackward.vmap, args)
         elif torch._C._are_functorch_transforms_active():
             grads = RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
         else:  # a plain backward records nothing: the Function around it would only cost time
             grads = _backward_of(args)
-        return grads
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
     @staticmethod
     def vmap(info, in_dims, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
@@ -282,7 +278,7 @@ class RNNLayer(_Function):
             # stacked members, batched lengths, or a projected ensemble: member by member
             return _per_member(RNNLayer.apply, info, in_dims, args)
         if any(d is not None for d in in_dims[4:9]):
-            return _as_members(info, in_dims, args)
+            return _as_members(RNNLayer.apply, info, in_dims, args, range(1, 9))
         n = info.batch_size
         out = RNNLayer.apply(mode, _fold(x, in_dims[1], n, 1), _fold(h0, in_dims[2], n, 0),
                              _fold(c0, in_dims[3], n, 0), w_ih, w_hh, b_ih, b_hh, w_hr,
@@ -330,9 +326,9 @@ class RNNLayerBackward(_Function):
 
             def layer(*ins):
                 x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _placed(full[:8], ins)
-                y, _, cn = reference.layer(ctx.mode, x, h0, c0,
-                                           LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
-                                           ctx.batch_sizes)
+                y, _, cn = _reference_layer(ctx.mode, x, h0, c0,
+                                            LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
+                                            ctx.batch_sizes)
                 return (y, cn) if dcn is not None else (y,)
             _, pullback = torch.func.vjp(layer, *args[:n_in])
             return pullback((dy, dcn.to(dy.dtype)) if dcn is not None else (dy,))
@@ -352,7 +348,11 @@ class RNNLayerBackward(_Function):
              b_hh, w_hr, y, cs, saved, m, dy, dcn):
         args = (mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
                 cs, saved, m, dy, dcn)
-        if any(d is not None for d in in_dims[7:12]):
+        stacked = w_hh.dim() - (in_dims[8] is not None) == 3   # members already (nested vmap)
+        ensemble = any(d is not None for d in in_dims[7:12])
+        if ensemble and not stacked and groups == 1 and w_hr is None and in_dims[1] is None:
+            return _as_members(RNNLayerBackward.apply, info, in_dims, args, range(4, 18))
+        if stacked or ensemble:
             return _per_member(RNNLayerBackward.apply, info, in_dims, args)
         n = info.batch_size
         seq = lambda t, d: _fold(t, d, n, 1)  # noqa: E731  (T, B, .) tensors

@@ -128,16 +128,33 @@ def test_vmap_ensemble_training(case, x_batched, device):
     _assert_same(got, want)
 
 
+def test_vmap_ensemble_hessian(device):
+    """A second order through stacked members (the backward's own backward, member by member
+    on the reference math): hessians of each member's output with respect to its input."""
+    (fast, ref), x, _ = _case("cell-gru", device)
+
+    def per_member(m):
+        def f(p, x):
+            return jacrev(grad(lambda x: _loss_fn(m)(p, x)))(x)
+        return vmap(f, in_dims=(0, None))(_ensemble(m), x)
+    torch.testing.assert_close(per_member(fast), per_member(ref), **TOL)
+
+
 def test_vmap_ensemble_is_one_launch_per_step(device, monkeypatch):
-    """The members of an ensemble share each step's launch (the member grid axis)."""
+    """The members of an ensemble share each step's launch (the member grid axis), forward and,
+    in ensemble training (vmap of grad), backward."""
     monkeypatch.setenv("FASTCELLS_CUDA_GRAPHS", "0")  # count Python launches, not a capture's
-    grids = count_launches(monkeypatch, "gru")["fwd"]
+    calls = count_launches(monkeypatch, "gru")
     (fast, ref), x, _ = _case("layer-gru", device)
     run = lambda m: vmap(lambda p: _out(functional_call(m, p, (x,))))(_ensemble(m, 3))  # noqa: E731
     with torch.no_grad():
         got = run(fast)
-    assert len(grids) == T and all(g[2] == 3 for g in grids)
+    assert len(calls["fwd"]) == T and all(g[2] == 3 for g in calls["fwd"])
     torch.testing.assert_close(got, run(ref), **TOL)
+    calls["fwd"].clear()
+    vmap(grad(_loss_fn(fast)), in_dims=(0, None))(_ensemble(fast, 3), x)
+    for grids in calls.values():
+        assert len(grids) == T and all(g[2] == 3 for g in grids)
 
 
 def test_vmap_packed_layer(device):

@@ -227,28 +227,39 @@ class _Function(torch.autograd.Function):
 
 
 class RNNLayer(_Function):
-    """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m)."""
+    """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m, c_n).
+
+    c_n is the LSTM's final cell state in x's dtype, its own tensor, for T > 1 (its gradient
+    then arrives as is; a select of cs would fill a T x B x H zero gradient to carry it); for a
+    single step c_n is a view of cs (``recurrent_layer``) and this is None, as for the GRU/RNN."""
 
     @staticmethod
     def forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
-        return _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+        y, cs, saved, m = _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+        cn = None
+        if c0 is not None and x.shape[-3] > 1:
+            cn = cs.select(-3, -1).to(x.dtype, copy=True)
+        return y, cs, saved, m, cn
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes = inputs
-        y, cs, saved, m = output
+        y, cs, saved, m, cn = output
         ctx.mode, ctx.batch_sizes = mode, batch_sizes
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m)
-        if saved is not None:
-            ctx.mark_non_differentiable(*[t for t in (saved, m) if t is not None])
-        # Outputs nobody differentiated (the gates, c when c_n is unused) give None, not a
+        ctx.mark_non_differentiable(*[t for t in (saved, m, None if cn is None else cs)
+                                      if t is not None])
+        # Outputs nobody differentiated (the gates, an unused c_n) give None, not a
         # layer-sized zero tensor allocated and filled by autograd for nothing.
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    def backward(ctx, dy, dcs, _dsaved, _dm):
+    def backward(ctx, dy, dcs, _dsaved, _dm, dcn):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
-        dcn = dcs.select(-3, -1) if c0 is not None and dcs is not None else None
+        if dcn is not None:   # the kernels keep c and dL/dc in the accumulation dtype
+            dcn = dcn.to(cs.dtype)
+        elif c0 is not None and dcs is not None:   # a single step: c_n is a view of cs
+            dcn = dcs.select(-3, -1)
         if dy is None:   # only c_n was used
             dy = torch.zeros_like(y)
         inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
@@ -283,7 +294,8 @@ class RNNLayer(_Function):
         out = RNNLayer.apply(mode, _fold(x, in_dims[1], n, 1), _fold(h0, in_dims[2], n, 0),
                              _fold(c0, in_dims[3], n, 0), w_ih, w_hh, b_ih, b_hh, w_hr,
                              None if batch_sizes is None else batch_sizes * n)
-        outs, dims = zip(*[_unfold(t, n, 1) for t in out])
+        # the batch dimension of each output: (T, B, .) sequences, then c_n (B, H)
+        outs, dims = zip(*[_unfold(t, n, bd) for t, bd in zip(out, (1, 1, 1, 1, 0))])
         return outs, dims
 
 
@@ -477,17 +489,17 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     directions of a layer in the same launches), and so do the results."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     args = (mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes)
+    cn = None
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         y, cs, _, _ = torch.ops.fastcells.rnn_layer(*args)
     elif torch._C._are_functorch_transforms_active() or _needs_grad(args[1:9]):
-        y, cs, _, _ = RNNLayer.apply(*args)
+        y, cs, _, _, cn = RNNLayer.apply(*args)
     else:  # inference (no_grad, or nothing requires grad): no autograd node to build
         y, cs, _, _ = _forward(*args)
     if x.shape[-3] == 1:  # a view whose backward is a view too (a select's fills zeros)
         cn = None if c0 is None else cs.squeeze(-3)
         return y, y.squeeze(-3), cn if cn is None or cn.dtype == x.dtype else cn.to(x.dtype)
-    cn = None
-    if c0 is not None:
+    if c0 is not None and cn is None:
         cn = cs.select(-3, -1)
         if cn.dtype != x.dtype:
             cn = cn.to(x.dtype)

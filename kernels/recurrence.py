@@ -239,15 +239,17 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     dev, dt = y.device, y.dtype
     acc = acc_dtype(dt)
     proj = w_hr is not None
-    inputs = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y)
+    # The forward's buffers are contiguous as it returned them; a folded vmap can hand them
+    # over as stride-0 expansions (B = 1), which the kernels would misread.
+    inputs = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y.contiguous())
     if saved is not None:
-        inputs["saved"] = saved
+        inputs["saved"] = saved.contiguous()
     if spec.has_cell:
-        inputs.update(c0=c0.contiguous(), cs=cs)
+        inputs.update(c0=c0.contiguous(), cs=cs.contiguous())
         if dcn is not None:
             inputs["dcn"] = dcn.contiguous()
     if proj:
-        inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m)
+        inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m.contiguous())
     outputs = dict(dgx=((*lead, T, B, GH), dt, dev), carry=((*lead, B, K), acc, dev))
     if spec.split_dgates:
         outputs["dgh"] = ((*lead, T, B, GH), dt, dev)
@@ -391,15 +393,15 @@ def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
     H = GH // spec.gates
     dt, dev = y.dtype, y.device
     acc = acc_dtype(dt)
-    b = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y,
+    b = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y.contiguous(),
              dgx=torch.empty((*lead, 1, B, GH), dtype=dt, device=dev),
              carry=torch.empty((*lead, B, K), dtype=acc, device=dev))
     if saved is not None:
-        b["saved"] = saved
+        b["saved"] = saved.contiguous()
     if spec.split_dgates:
         b["dgh"] = torch.empty((*lead, 1, B, GH), dtype=dt, device=dev)
     if spec.has_cell:
-        b.update(c0=c0.contiguous(), cs=cs,
+        b.update(c0=c0.contiguous(), cs=cs.contiguous(),
                  dc=torch.empty((*lead, B, H), dtype=acc, device=dev))
         if dcn is not None:
             b["dcn"] = dcn.contiguous()

@@ -9,7 +9,9 @@ from rnn_utils import CELLS, KINDS, twins
 
 T, B, I, H = 3, 2, 5, 7
 _ZEROS = {torch.ops.aten.zeros.default, torch.ops.aten.zeros_like.default,
-          torch.ops.aten.new_zeros.default, torch.ops.aten.zero_.default}
+          torch.ops.aten.new_zeros.default, torch.ops.aten.zero_.default,
+          # a view's backward that zero-fills a buffer of the whole base and copies into it
+          torch.ops.aten.select_backward.default, torch.ops.aten.slice_backward.default}
 
 
 class _ZeroFills(TorchDispatchMode):
@@ -42,6 +44,16 @@ def test_layer_backward_fills_no_zero_gradients(mode, kw, device):
     x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
     y, _ = fast(x)   # the final states unused: no gradient flows into them
     assert _backward_fills([y]) == []
+
+
+@pytest.mark.parametrize("kw", [{}, dict(bidirectional=True)])
+def test_lstm_c_n_gradient_fills_nothing(kw, device):
+    """c_n is the layer Function's own output: its gradient reaches the backward as is (a
+    select of the cell states would fill a T x B x H zero tensor to carry it)."""
+    _, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device, **kw)
+    x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
+    y, (_, c_n) = fast(x)
+    assert _backward_fills([y, c_n]) == []
 
 
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh"])

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastcells                                       # noqa: E402
-from bench.recurrence_sweep import _commit             # noqa: E402
+from bench.recurrence_sweep import _commit, time_passes  # noqa: E402
 from fastcells.kernels.dispatch import DIRECTIONS_ENV  # noqa: E402
 
 CLASSES = {"lstm": fastcells.LSTM, "gru": fastcells.GRU}
@@ -30,28 +30,11 @@ PLAN = [("lstm", "bf16", 2, 64, 512, 100), ("lstm", "fp32", 2, 64, 512, 100),
 
 def measure(mode, dtype, L, B, H, T, impl):
     """{pass: (median, p20, p80) ms} for fwd and fwd+bwd of one bidirectional module."""
-    from triton.testing import do_bench
     os.environ[DIRECTIONS_ENV] = "separate" if impl == "cudnn" else impl
     torch.manual_seed(0)
     m = CLASSES[mode](H, H, num_layers=L, bidirectional=True,
                       backend="native" if impl == "cudnn" else "triton")
-    m = m.cuda().to(DTYPES[dtype])
-    x = torch.randn(T, B, H, device="cuda", dtype=DTYPES[dtype], requires_grad=True)
-    dy = torch.randn(T, B, 2 * H, device="cuda", dtype=DTYPES[dtype])
-
-    def fwd():
-        with torch.no_grad():
-            m(x)
-
-    def fwd_bwd():
-        m(x)[0].backward(dy)
-
-    out = {}
-    for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-        fn()                       # compile and capture outside the timing
-        torch.cuda.synchronize()
-        out[name] = do_bench(fn, warmup=10, rep=60, quantiles=[0.5, 0.2, 0.8])
-    return out
+    return time_passes(m.cuda().to(DTYPES[dtype]), T, B, H, DTYPES[dtype])
 
 
 def main(argv=None):

@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .backend import resolve
-from .kernels.dispatch import fuse_directions
-from .rnn_ops import recurrent_layer
+from .rnn_ops import directions_fused, recurrent_layer
 from .weights import LayerWeights
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -80,15 +79,6 @@ def _reverse(x, rev):
 
 
 # ------------------------------------------------------------------------------------ the net
-def _fused_directions(be, proj_size):
-    """Both directions of a bidirectional layer in the same launches (off by default:
-    ``kernels.dispatch.fuse_directions``): the triton backend's eager calls outside torch.func,
-    without a projection."""
-    return (be == "triton" and proj_size == 0 and fuse_directions()
-            and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
-
-
 def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, training=False,
         bidirectional=False, batch_first=False, batch_sizes=None, proj_size=0, backend=None):
     """A torch.nn.LSTM/GRU/RNN forward on already validated arguments.
@@ -133,7 +123,7 @@ def _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training, 
     rev = (_reverse_index(T, B, batch_sizes, x.device)
            if bidirectional and batch_sizes is not None else None)
     per = len(weights) // (num_layers * D)
-    fused = D == 2 and _fused_directions(be, proj_size)
+    fused = D == 2 and be == "triton" and directions_fused(proj_size > 0)
     hns, cns = [], []
     for layer in range(num_layers):
         outs = []

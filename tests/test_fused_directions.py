@@ -7,8 +7,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from fastcells.kernels.dispatch import fuse_directions
-from rnn_utils import KINDS, count_launches, flat, grads, loss_of, twins
-from test_rnn_parity import _make_input
+from rnn_utils import KINDS, count_launches, flat, loss_of, twins
+from test_rnn_parity import _make_input, assert_matches_torch
 from tolerances import assert_close
 
 T, B, I, H = 5, 3, 4, 7
@@ -34,17 +34,7 @@ def test_fused_directions_match_torch(kind, opt, inp, fused, device):
     x, hx, leaves = _make_input(kind, ref, inp, device)
     with torch.backends.cudnn.flags(enabled=False):
         out_ref = ref(x, hx)
-    out_fast = fast(x, hx)
-    fr, ff = flat(out_ref), flat(out_fast)
-    for a, b in zip(ff, fr):
-        assert a.shape == b.shape
-        assert_close(a, b, torch.float64)
-    g_ref = grads(loss_of(fr), leaves + list(ref.parameters()))
-    g_fast = grads(loss_of(ff), leaves + list(fast.parameters()))
-    names = [f"input{i}" for i in range(len(leaves))] + [n for n, _ in ref.named_parameters()]
-    for name, a, b in zip(names, g_fast, g_ref):
-        assert a is not None, name
-        assert_close(a, b, torch.float64, msg=lambda m, name=name: f"d{name}: {m}")
+    assert_matches_torch(fast(x, hx), out_ref, leaves, fast, ref)
 
 
 @pytest.mark.parametrize("setting,launches,members", [("fused", T, 2), ("separate", 2 * T, 1)])

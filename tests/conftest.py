@@ -8,6 +8,9 @@ import torch
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     # Must be set before triton.jit decorates the kernels (fastcells.kernels import time).
     os.environ["TRITON_INTERPRET"] = "1"
+if os.environ.get("TRITON_INTERPRET") == "1":
+    from interpreter_patching import install
+    install()
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from . import reference
 from .backend import resolve
-from .rnn_ops import directions_fused, recurrent_layer
+from .rnn_ops import directions_fused, recurrent_layer, recurrent_step
 from .weights import LayerWeights
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -203,8 +203,8 @@ def _fused_or_reference_cell(be, mode, input, h, c, w_ih, w_hh, b_ih, b_hh):
         if mode == "gru":
             return reference.gru_cell(input, h, w_ih, w_hh, b_ih, b_hh)
         return reference.rnn_cell(input, h, w_ih, w_hh, b_ih, b_hh, mode[4:])
-    # A cell is a one-step layer: the same fused kernels and Function.
-    _, hn, cn = recurrent_layer(mode, input[None], h, c, LayerWeights(w_ih, w_hh, b_ih, b_hh))
+    # A cell is a one-step layer: the same fused kernels (rnn_ops.recurrent_step).
+    hn, cn = recurrent_step(mode, input, h, c, (w_ih, w_hh, b_ih, b_hh, None))
     return (hn, cn) if mode == "lstm" else hn
 
 

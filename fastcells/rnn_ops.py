@@ -227,6 +227,25 @@ class _Function(torch.autograd.Function):
         return super(torch.autograd.function._SingleLevelFunction, cls).apply(*args)
 
 
+def _layer_backward(mode, batch_sizes, need_dx, inputs, buffers, dy, dcn):
+    """The layer's gradients [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] from its
+    ``inputs`` (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) and forward ``buffers`` (y, cs, saved,
+    m), whichever way the backward is being run."""
+    if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
+        # create_graph=True (gradient penalties, meta-learning): gradients that are
+        # themselves differentiable, to any order, from the reference math.
+        return _reference_grads(mode, batch_sizes, inputs, dy, dcn)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
+    args = (mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *buffers,
+            dy, dcn)
+    if _legacy_batched(dy, dcn):
+        return _legacy_vmap(RNNLayerBackward.vmap, args)
+    if torch._C._are_functorch_transforms_active():
+        return RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
+    # a plain backward records nothing: the Function around it would only cost time
+    return _backward_of(args)
+
+
 class RNNLayer(_Function):
     """(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes) -> (y, cs, saved, m, c_n).
 
@@ -263,22 +282,9 @@ class RNNLayer(_Function):
             dcn = dcs.select(-3, -1)
         if dy is None:   # only c_n was used
             dy = torch.zeros_like(y)
-        inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
-        if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
-            # create_graph=True (gradient penalties, meta-learning): gradients that are
-            # themselves differentiable, to any order, from the reference math.
-            grads = _reference_grads(ctx.mode, ctx.batch_sizes, inputs, dy, dcn)
-            dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
-            return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
-        args = (ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1], 1, x, h0, c0, w_ih, w_hh,
-                b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)
-        if _legacy_batched(dy, dcn):
-            grads = _legacy_vmap(RNNLayerBackward.vmap, args)
-        elif torch._C._are_functorch_transforms_active():
-            grads = RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
-        else:  # a plain backward records nothing: the Function around it would only cost time
-            grads = _backward_of(args)
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = grads
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_backward(
+            ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1],
+            (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (y, cs, saved, m), dy, dcn)
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
     @staticmethod
@@ -298,6 +304,43 @@ class RNNLayer(_Function):
         # the batch dimension of each output: (T, B, .) sequences, then c_n (B, H)
         outs, dims = zip(*[_unfold(t, n, bd) for t, bd in zip(out, (1, 1, 1, 1, 0))])
         return outs, dims
+
+
+class RNNStep(_Function):
+    """(mode, x (B, I), h, c, w_ih, w_hh, b_ih, b_hh) -> (h', c'): one step (a cell) in a plain
+    eager call, c' None but for the LSTM.
+
+    The same kernels as a one-step :class:`RNNLayer`, with a shorter host path: the outputs are
+    the cell's own (B, H) tensors (no time dimension to add and take off around the node), and
+    the gates the backward reads are saved, not returned.  It has no vmap rule: under torch.func,
+    torch.compile and tracing a cell is a one-step RNNLayer (``recurrent_step``)."""
+
+    @staticmethod
+    def forward(ctx, mode, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        hn, cn, saved, _ = _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, None, None)
+        ctx.mode = mode
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, hn, cn, saved)
+        ctx.set_materialize_grads(False)
+        return hn, cn
+
+    @staticmethod
+    def backward(ctx, dh, dc):
+        x, h, c, w_ih, w_hh, b_ih, b_hh, hn, cn, saved = ctx.saved_tensors
+        dy = torch.zeros_like(hn) if dh is None else dh   # only c' was used
+        if (torch.is_grad_enabled() or _legacy_batched(dy, dc)
+                or torch._C._are_functorch_transforms_active()):
+            # create_graph, or a batched backward (jacobian(vectorize=True)): the one-step
+            # layer's way, with the time dimension
+            step = lambda t: None if t is None else t[None]  # noqa: E731
+            grads = list(_layer_backward(ctx.mode, None, ctx.needs_input_grad[1],
+                                         (step(x), h, c, w_ih, w_hh, b_ih, b_hh, None),
+                                         (step(hn), step(cn), step(saved), None), step(dy), dc))
+            grads[0] = None if grads[0] is None else grads[0][0]
+        else:   # the kernels take the step without its time dimension
+            grads = _backward(ctx.mode, None, ctx.needs_input_grad[1], 1, x, h, c, w_ih, w_hh,
+                              b_ih, None, hn, cn, saved, None, dy, dc)
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _ = grads
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
 class RNNLayerBackward(_Function):
@@ -513,3 +556,18 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
         if cn.dtype != x.dtype:
             cn = cn.to(x.dtype)
     return y, y.select(-3, -1), cn
+
+
+def recurrent_step(mode, x, h, c, weights):
+    """One step (a cell) on the fused kernels: x (B, I), h (B, K), c (B, H) or None; returns
+    (h', c' or None).  Plain eager calls take :class:`RNNStep`; torch.func, torch.compile and
+    tracing take the one-step layer (its vmap rules, its custom op)."""
+    w_ih, w_hh, b_ih, b_hh, _ = weights
+    if (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
+            or torch.jit.is_tracing()):
+        _, hn, cn = recurrent_layer(mode, x[None], h, c, weights)
+        return hn, cn
+    if _needs_grad((x, h, c, w_ih, w_hh, b_ih, b_hh)):
+        return RNNStep.apply(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
+    hn, cn, _, _ = _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, None, None)
+    return hn, cn

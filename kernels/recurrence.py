@@ -116,11 +116,13 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     cs (T, B, H) the LSTM's cell states, in the accumulation dtype (in x's dtype for a single
     step, which returns it as is), else None; saved the per-step gates the backward pass reads
     (None for the RNN); m (T, B, H) the LSTM's pre-projection output when projected (else None).
+    A 2-D x (B, I) is one step without the time dimension (a cell, without packing or
+    projection): y, cs and saved come back 2-D too.
     """
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     spec = CELLS[mode]
     check_dtype(x.dtype)
-    if x.shape[-3] == 1 and batch_sizes is None and w_hr is None:
+    if x.dim() == 2 or x.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     lead, M = _members(x, w_hr)
     T, B, I = x.shape[-3:]
@@ -192,14 +194,17 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
 
 def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """``layer_forward`` for one step (a cell) without packing or projection: one fused launch
-    (the input projection inside it), no graph, nothing allocated but the outputs."""
-    *lead, _, B, I = x.shape
+    (the input projection inside it), no graph, nothing allocated but the outputs.  x is
+    (..., 1, B, I), or (B, I) without the time dimension; the outputs keep x's leading shape."""
+    rows = x.shape[:-1]
+    B, I = rows[-1], x.shape[-1]
+    lead = rows[:-2]   # the member dimension, if any
     GH, K = w_hh.shape[-2:]
     H = GH // spec.gates
     dt, dev = x.dtype, x.device
-    y = torch.empty((*lead, 1, B, K), dtype=dt, device=dev)
-    cs = torch.empty((*lead, 1, B, H), dtype=dt, device=dev) if spec.has_cell else None
-    saved = (torch.empty((*lead, 1, B, spec.saved * H), dtype=dt, device=dev) if spec.saved
+    y = torch.empty((*rows, K), dtype=dt, device=dev)
+    cs = torch.empty((*rows, H), dtype=dt, device=dev) if spec.has_cell else None
+    saved = (torch.empty((*rows, spec.saved * H), dtype=dt, device=dev) if spec.saved
              else None)
     if B and H:
         grid, meta, _ = _launch_config(B, H, K, dt)
@@ -229,7 +234,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
     ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype."""
     spec = CELLS[mode]
-    if y.shape[-3] == 1 and batch_sizes is None and w_hr is None:
+    if y.dim() == 2 or y.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn)
     lead, M = _members(y, w_hr)
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, y.device)
@@ -297,10 +302,17 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
 
     With ``groups`` = N > 1 the batch rows are N interleaved problems (row b * N + n belongs to
     problem n: a vmapped layer folded into one launch), and every weight gradient gets a leading
-    dimension N."""
+    dimension N.  2-D tensors (y (B, K), no time dimension: ``layer_forward`` of a 2-D x) are
+    one step."""
     if y.dim() == 4:
         return _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_grad,
                              groups)
+    if y.dim() == 2:
+        if y.shape[0] and groups == 1:
+            return _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, need_input_grad)
+        grads = layer_grads(x[None], w_ih, w_hh, h0, y[None], m, dgx[None], dgh[None], carry,
+                            dhs, has_bias, need_input_grad, groups)
+        return (None if grads[0] is None else grads[0][0], *grads[1:])
     T, B, K = y.shape
     GH = dgx.shape[-1]
     dt = y.dtype
@@ -317,15 +329,11 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     gx = dgx.view(T * B, GH)
     gh = gx if dgh is dgx else dgh.view(T * B, GH)
     gh0 = gh if T == 1 else gh[:B]
-    # dh0 = carry + dgh_0 W_hh (the step-0 recurrence the loop leaves to this GEMM)
-    if dt == acc:
-        dh0 = torch.addmm(carry, gh0, w_hh)
-    else:
-        dh0 = (carry + (gh0 @ w_hh).to(acc)).to(dt)
+    dh0 = _dh0(carry, gh0, w_hh, dt)
     dx = torch.mm(gx, w_ih).view(T, B, -1) if need_input_grad else None
     if groups == 1:
-        dw_ih = gx.t() @ x.reshape(T * B, -1)
-        dw_hh = gh0.t() @ h0
+        dw_ih = gx.t().mm(x.reshape(T * B, -1))
+        dw_hh = gh0.t().mm(h0)
         if T > 1:
             dw_hh = dw_hh.addmm_(gh[B:].t(), y[:T - 1].reshape(-1, K))
         db_ih = gx.sum(0) if has_bias else None
@@ -351,6 +359,27 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     if dhs is not None:
         dw_hr = torch.einsum("tbnk,tbnh->nkh", g(dhs), g(m).to(acc)).to(dt)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+def _dh0(carry, gh0, w_hh, dt):
+    """dL/dh0 = carry + dgh_0 W_hh: the step-0 recurrence the loop leaves to this GEMM."""
+    if carry.dtype == dt:
+        return torch.addmm(carry, gh0, w_hh)
+    return (carry + gh0.mm(w_hh).to(carry.dtype)).to(dt)
+
+
+def _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, need_input_grad):
+    """``layer_grads`` of one step without the time dimension (a cell; B > 0): its GEMMs and
+    nothing else (host time per step)."""
+    dh0 = _dh0(carry, dgh, w_hh, dgx.dtype)
+    dx = dgx.mm(w_ih) if need_input_grad else None
+    dw_ih = dgx.t().mm(x)
+    dw_hh = dgh.t().mm(h0)
+    db_ih = db_hh = None
+    if has_bias:   # one sum where both biases see the same gate gradients (see layer_grads)
+        db_ih = dgx.sum(0)
+        db_hh = db_ih if dgh is dgx else dgh.sum(0)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
 
 
 def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_grad, groups):
@@ -387,19 +416,22 @@ def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_gr
 
 def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
     """``layer_backward_steps`` for one step (a cell) without packing or projection: one launch,
-    no graph, nothing allocated but the outputs (``_single_step`` is its forward)."""
-    *lead, _, B, K = y.shape
+    no graph, nothing allocated but the outputs (``_single_step`` is its forward); y and dy are
+    (..., 1, B, K), or (B, K) without the time dimension, and dgx/dgh keep that shape."""
+    rows = y.shape[:-1]
+    B, K = rows[-1], y.shape[-1]
+    lead = rows[:-2]   # the member dimension, if any
     GH = w_hh.shape[-2]
     H = GH // spec.gates
     dt, dev = y.dtype, y.device
     acc = acc_dtype(dt)
     b = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y.contiguous(),
-             dgx=torch.empty((*lead, 1, B, GH), dtype=dt, device=dev),
+             dgx=torch.empty((*rows, GH), dtype=dt, device=dev),
              carry=torch.empty((*lead, B, K), dtype=acc, device=dev))
     if saved is not None:
         b["saved"] = saved.contiguous()
     if spec.split_dgates:
-        b["dgh"] = torch.empty((*lead, 1, B, GH), dtype=dt, device=dev)
+        b["dgh"] = torch.empty((*rows, GH), dtype=dt, device=dev)
     if spec.has_cell:
         b.update(c0=c0.contiguous(), cs=cs.contiguous(),
                  dc=torch.empty((*lead, B, H), dtype=acc, device=dev))

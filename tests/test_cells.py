@@ -67,3 +67,53 @@ def test_cell_errors_match_torch(kind, backend, device):
     ref = torch_cls(I, H, **extra).to(device)
     fast = fast_cls(I, H, **extra, backend=backend).to(device)
     assert_same_errors(ref, fast, _bad_cell_inputs(kind), device)
+
+
+# ------------------------------------------------------- the plain eager step (rnn_ops.RNNStep)
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_step_is_one_node_over_its_inputs(kind, device):
+    """A plain cell call records one autograd node whose inputs are the leaves themselves: no
+    view or index node around it (host time per step)."""
+    _, fast = twins(CELLS, kind, I, H, backend="triton", device=device)
+    x = torch.randn(B, I, dtype=torch.float64, device=device, requires_grad=True)
+    h = torch.randn(B, H, dtype=torch.float64, device=device, requires_grad=True)
+    out = fast(x, (h, h.detach()) if kind == "lstm" else h)
+    for o in (out if kind == "lstm" else (out,)):
+        assert type(o.grad_fn).__name__ == "RNNStepBackward"
+        leaves = [f.variable for f, _ in o.grad_fn.next_functions if f is not None]
+        assert leaves[0] is x and leaves[1] is h
+        assert all(isinstance(v, torch.Tensor) and v.is_leaf for v in leaves)
+
+
+@pytest.mark.parametrize("used", ["h", "c", "both"])
+def test_lstm_cell_gradient_from_either_state(used, device):
+    """Backpropagating from h' alone, c' alone or both matches torch (an unused output's
+    gradient arrives as None)."""
+    ref, fast = twins(CELLS, "lstm", I, H, backend="triton", device=device)
+    g = torch.Generator().manual_seed(4)
+    x, h, c = (torch.randn(B, n, generator=g, dtype=torch.float64).to(device).requires_grad_()
+               for n in (I, H, H))
+    got = []
+    for m in (fast, ref):
+        hn, cn = m(x, (h, c))
+        outs = {"h": [hn], "c": [cn], "both": [hn, cn]}[used]
+        got.append(grads(loss_of(outs), [x, h, c] + list(m.parameters())))
+    for a, b in zip(*got):
+        assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_cell_gradient_penalty_matches_torch(kind, device):
+    """create_graph=True through a cell (a gradient penalty): the step's backward is itself
+    differentiable and matches torch's."""
+    ref, fast = twins(CELLS, kind, I, H, backend="triton", device=device)
+    x = torch.randn(B, I, dtype=torch.float64, device=device)
+    results = []
+    for m in (ref, fast):
+        xi = x.clone().requires_grad_()
+        out = m(xi)
+        (gx,) = torch.autograd.grad(loss_of(list(out) if kind == "lstm" else [out]), xi,
+                                    create_graph=True)
+        results.append(torch.autograd.grad((gx ** 2).sum(), list(m.parameters())))
+    for a, b in zip(results[1], results[0]):
+        assert_close(a, b, torch.float64)

@@ -297,6 +297,9 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
     return block_b, block_h, block_k, STEP_WARPS
 
 
+_param_sets = {}   # id(kernel.arg_names) -> (that list, its names as a set): host time per call
+
+
 def bound_launch(kernel, grid, args, varying="t"):
     """``kernel[grid]`` with every argument but ``varying`` bound once: returns
     ``launch(value)``.  The arguments go positionally, in the kernel's order; Triton's launcher
@@ -304,7 +307,10 @@ def bound_launch(kernel, grid, args, varying="t"):
     ``args`` holds the kernel's other parameters by name, and launch options (num_warps)."""
     names = kernel.arg_names
     pos = [None if n == varying else args[n] for n in names]
-    opts = {k: v for k, v in args.items() if k not in names}
+    params = _param_sets.get(id(names))
+    if params is None or params[0] is not names:
+        params = _param_sets[id(names)] = (names, frozenset(names))
+    opts = {k: args[k] for k in args.keys() - params[1]}
     at = names.index(varying)
     run = kernel[grid]
 

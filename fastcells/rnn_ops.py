@@ -1,7 +1,8 @@
 """The fused recurrent layer as autograd Functions (eager) and as custom ops (torch.compile).
 
 One primitive serves layers and cells: one layer, one direction, whole sequence (a cell is a
-one-step layer, which the launcher runs as one fused launch).
+one-step layer, which the launcher runs as one fused launch).  A cell in a plain eager call
+takes :class:`RNNStep`, the same kernels with a shorter host path (``recurrent_step``).
 
 * Eager calls take :class:`RNNLayer`, a ``torch.autograd.Function``: one autograd node, cached
   kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, reverse-mode
@@ -16,8 +17,8 @@ one-step layer, which the launcher runs as one fused launch).
 The backward is itself a Function (:class:`RNNLayerBackward`) on the kernels.  A backward that
 must be differentiable recomputes the layer with the reference math and differentiates that,
 the one place the kernels' wrappers use :mod:`fastcells.reference`: with plain autograd
-(``create_graph=True``: gradient penalties, meta-learning) ``RNNLayer.backward`` takes that
-path, so every order works; under ``torch.func`` the kernels' backward runs, and its own
+(``create_graph=True``: gradient penalties, meta-learning) the backward of ``RNNLayer`` and of
+``RNNStep`` takes that path (``_layer_backward``), so every order works; under ``torch.func`` the kernels' backward runs, and its own
 backward (a second order: hessians) is the reference math's, through ``torch.func.vjp``.
 """
 from types import SimpleNamespace
@@ -34,7 +35,8 @@ from .kernels.recurrence import CELLS, layer_backward_steps, layer_forward, laye
 
 
 def _none(t):
-    # the 1-D empty placeholder of an absent buffer (a real one with B = 0 is 3-D, and kept)
+    # the 1-D empty placeholder of an absent buffer (a real one with B = 0 is 2-D or more, and
+    # kept)
     return None if t is None or t.numel() == 0 and t.dim() == 1 else t
 
 
@@ -215,16 +217,27 @@ def _legacy_vmap(rule, args):
 
 
 # ------------------------------------------------------------------------- eager Functions
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
+
+
+def _live(args):
+    """``args`` with every dead torch.func wrapper (a tensor that escaped a transform, e.g. kept
+    in a list inside ``grad``) unwrapped, as torch's ``Function.apply`` does: the kernels need
+    the storage under it."""
+    return [_unwrap_if_dead(a) if isinstance(a, Tensor) else a for a in args]
+
+
 class _Function(torch.autograd.Function):
     """An autograd Function whose eager call skips what torch's ``apply`` does for functorch on
-    every call (binding the arguments to ``forward``'s signature: tens of microseconds); under a
+    every call (for a Function with ``setup_context``, binding the arguments to ``forward``'s
+    signature: tens of microseconds) but unwrapping escaped tensors (``_live``); under a
     torch.func transform it takes torch's own path, which calls the ``vmap`` rules."""
 
     @classmethod
     def apply(cls, *args):
         if torch._C._are_functorch_transforms_active():
             return super().apply(*args)
-        return super(torch.autograd.function._SingleLevelFunction, cls).apply(*args)
+        return super(torch.autograd.function._SingleLevelFunction, cls).apply(*_live(args))
 
 
 def _layer_backward(mode, batch_sizes, need_dx, inputs, buffers, dy, dcn):
@@ -547,7 +560,7 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     elif torch._C._are_functorch_transforms_active() or _needs_grad(args[1:9]):
         y, cs, _, _, cn = RNNLayer.apply(*args)
     else:  # inference (no_grad, or nothing requires grad): no autograd node to build
-        y, cs, _, _ = _forward(*args)
+        y, cs, _, _ = _forward(*_live(args))
     if x.shape[-3] == 1:  # a view whose backward is a view too (a select's fills zeros)
         cn = None if c0 is None else cs.squeeze(-3)
         return y, y.squeeze(-3), cn if cn is None or cn.dtype == x.dtype else cn.to(x.dtype)
@@ -562,12 +575,14 @@ def recurrent_step(mode, x, h, c, weights):
     """One step (a cell) on the fused kernels: x (B, I), h (B, K), c (B, H) or None; returns
     (h', c' or None).  Plain eager calls take :class:`RNNStep`; torch.func, torch.compile and
     tracing take the one-step layer (its vmap rules, its custom op)."""
-    w_ih, w_hh, b_ih, b_hh, _ = weights
+    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    if w_hr is not None:
+        raise ValueError("fastcells: a cell has no projection (w_hr must be None)")
     if (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
             or torch.jit.is_tracing()):
         _, hn, cn = recurrent_layer(mode, x[None], h, c, weights)
         return hn, cn
     if _needs_grad((x, h, c, w_ih, w_hh, b_ih, b_hh)):
         return RNNStep.apply(mode, x, h, c, w_ih, w_hh, b_ih, b_hh)
-    hn, cn, _, _ = _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, None, None)
+    hn, cn, _, _ = _forward(*_live((mode, x, h, c, w_ih, w_hh, b_ih, b_hh, None, None)))
     return hn, cn

@@ -308,9 +308,10 @@ def bound_launch(kernel, grid, args, varying="t"):
     names = kernel.arg_names
     pos = [None if n == varying else args[n] for n in names]
     params = _param_sets.get(id(names))
-    if params is None or params[0] is not names:
+    if params is None:   # the entry keeps the list alive, so its id stays its own
         params = _param_sets[id(names)] = (names, frozenset(names))
-    opts = {k: args[k] for k in args.keys() - params[1]}
+    params = params[1]
+    opts = {k: v for k, v in args.items() if k not in params}   # in the caller's order
     at = names.index(varying)
     run = kernel[grid]
 

@@ -96,6 +96,13 @@ def _input_projection(x, w_ih, out=None):
         return rows.view(M, T, B, -1) if out is None else out
 
 
+def _check_step(batch_sizes, w_hr):
+    # a 2-D x is one step of a cell: neither packed nor projected
+    if batch_sizes is not None or w_hr is not None:
+        raise ValueError("fastcells: one step without the time dimension (2-D) takes neither "
+                         "batch_sizes nor a projection")
+
+
 def _members(x, w_hr=None):
     """(lead, M): the leading member dimension of ``x`` ((), 1 when there is none)."""
     lead = tuple(x.shape[:-3])
@@ -122,6 +129,8 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     spec = CELLS[mode]
     check_dtype(x.dtype)
+    if x.dim() == 2:
+        _check_step(batch_sizes, w_hr)
     if x.dim() == 2 or x.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
     lead, M = _members(x, w_hr)
@@ -232,8 +241,11 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     Returns (dgx, dgh, carry, dc, dhs): the gate gradients on the input side (T, B, G*H) and on
     the recurrent side (the same tensor except for the GRU), ``carry`` (B, K) the part of dL/dh0
     not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
-    ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype."""
+    ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype.  One step
+    without the time dimension (y and dy (B, K), from a 2-D x) gives 2-D gate gradients."""
     spec = CELLS[mode]
+    if y.dim() == 2:
+        _check_step(batch_sizes, w_hr)
     if y.dim() == 2 or y.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn)
     lead, M = _members(y, w_hr)

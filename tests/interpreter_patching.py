@@ -7,39 +7,50 @@ Under ``TRITON_INTERPRET=1`` every call of a jit helper inside a kernel (``load_
 interpreted time here.  Within one launch a second patch of the same modules changes nothing
 (the builtins are wrapped already, and the rest is re-set to equivalent closures over the one
 interpreter builder), so this skips it; a helper whose module sees a language module the launch
-has not patched yet (``tl.core``, in triton's own ``standard.py``) is still patched.  Kernel
-semantics are untouched: only repeated work goes.  If triton's internals change shape, the
-shim does nothing and the tests are merely slower."""
+has not patched yet (``tl.core``, in triton's own ``standard.py``) is still patched, and so is
+anything outside a launch (a helper called from Python).  Kernel semantics are untouched: only
+repeated work goes.  Where triton's internals differ from what this expects, nothing is
+installed and the tests are merely slower."""
 import triton.language as tl
+
+
+class _NoScope:
+    """What a skipped patch returns: a helper call's scope is never restored, but a caller that
+    does restore it finds nothing to undo."""
+
+    @staticmethod
+    def restore():
+        pass
 
 
 def install():
     try:
         from triton.runtime import interpreter
         original = interpreter._patch_lang
+        executor_call = interpreter.GridExecutor.__call__
         interpreter.InterpretedFunction.__call__   # the helper-call path this relies on
     except (ImportError, AttributeError):
         return
     if getattr(original, "_once_per_launch", False):
         return
-    covered = []   # ids of the language modules the running launch has patched
+    launches = []   # per running launch: the ids of the language modules it has patched
+
+    def launch(self, *args, **kwargs):
+        launches.append(set())
+        try:
+            return executor_call(self, *args, **kwargs)
+        finally:
+            launches.pop()
 
     def patch_lang(fn):
         langs = {id(v) for v in fn.__globals__.values() if v is tl or v is tl.core}
-        if covered and langs <= covered[0]:
-            return None   # a helper call: its caller discards the scope, as it does the real one
+        if launches and langs and langs <= launches[-1]:
+            return _NoScope
         scope = original(fn)
-        if covered:
-            covered[0] |= langs
-            return scope
-        covered.append(langs)   # the launch itself: its restore ends the launch
-        restore = scope.restore
-
-        def restore_and_forget():
-            covered.clear()
-            restore()
-        scope.restore = restore_and_forget
+        if launches:
+            launches[-1] |= langs
         return scope
 
     patch_lang._once_per_launch = True
     interpreter._patch_lang = patch_lang
+    interpreter.GridExecutor.__call__ = launch

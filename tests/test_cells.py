@@ -87,8 +87,8 @@ def test_cell_step_is_one_node_over_its_inputs(kind, device):
 
 @pytest.mark.parametrize("used", ["h", "c", "both"])
 def test_lstm_cell_gradient_from_either_state(used, device):
-    """Backpropagating from h' alone, c' alone or both matches torch (an unused output's
-    gradient arrives as None)."""
+    """Backpropagating from h' alone, c' alone or both matches torch (the step's backward gets
+    None for the output nobody used)."""
     ref, fast = twins(CELLS, "lstm", I, H, backend="triton", device=device)
     g = torch.Generator().manual_seed(4)
     x, h, c = (torch.randn(B, n, generator=g, dtype=torch.float64).to(device).requires_grad_()

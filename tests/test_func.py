@@ -196,3 +196,27 @@ def test_hessian_through_func(case, device):
             return _loss_fn(m)({**params, name: w}, x)
         return jacrev(grad(f))(params[name])
     torch.testing.assert_close(hess(fast), hess(ref), **TOL)
+
+
+@pytest.mark.parametrize("grad_mode", ["train", "no_grad"])
+@pytest.mark.parametrize("case", ["layer-lstm", "cell-lstm", "cell-gru"])
+def test_tensors_escaped_from_a_transform(case, grad_mode, device):
+    """Tensors kept from inside a transform (dead torch.func wrappers) are unwrapped before the
+    kernels read them, as torch's Function.apply and native modules do."""
+    (fast, ref), x, _ = _case(case, device)
+    hshape = (1, B, H) if case.startswith("layer") else (B, H)
+    kept = []
+
+    def f(x):
+        kept.append(x * 2)
+        kept.append((x.sum() * 0 + 0.5).expand(hshape).contiguous())
+        return x.sum()
+    grad(f)(x)
+    x_kept, h_kept = kept
+    assert all(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in kept)
+    h = torch.full(hshape, 0.5, dtype=x.dtype, device=device)
+    with torch.set_grad_enabled(grad_mode == "train"):
+        got = fast(x_kept, (h_kept, h_kept) if "lstm" in case else h_kept)
+        want = ref(2 * x, (h, h) if "lstm" in case else h)
+    for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
+        torch.testing.assert_close(a, b, **TOL)

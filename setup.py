@@ -15,7 +15,9 @@ setup(
     # older, since fastcells/_dynamo_support.py patches Dynamo internals that move between releases.
     install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
     extras_require={
-        "test": ["pytest>=7"],
+        # pytest-xdist: the README's test command runs two workers (the interpreter is one
+        # process per core; CI's 2 cores take half the time)
+        "test": ["pytest>=7", "pytest-xdist>=3"],
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.5"],
         "demo": ["matplotlib>=3.5"],
     },

@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastcells                                       # noqa: E402
-from bench.recurrence_sweep import _commit, time_passes  # noqa: E402
+from bench.recurrence_sweep import compare, sweep_meta, time_passes  # noqa: E402
 from fastcells.kernels.dispatch import DIRECTIONS_ENV  # noqa: E402
 
 CLASSES = {"lstm": fastcells.LSTM, "gru": fastcells.GRU}
@@ -45,9 +45,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("directions_sweep: needs a CUDA GPU (Triton timings on CPU mean nothing)")
         return 0
-    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=_commit(),
-                date=time.strftime("%Y-%m-%d"), I_equals_H=True, bidirectional=True,
-                note="fwd under no_grad; fwd+bwd: forward and y.backward(dy); do_bench medians")
+    meta = sweep_meta(bidirectional=True)
     rows, t0 = [], time.time()
     print(f"{'mode':5} {'dtype':5} {'L':>2} {'B':>4} {'H':>4} {'T':>5} {'pass':8} "
           f"{'separate':>9} {'fused':>9} {'cudnn':>9} {'fused/sep':>9}", flush=True)
@@ -55,24 +53,14 @@ def main(argv=None):
         if time.time() - t0 > args.budget_s:
             meta["cut"] = f"budget {args.budget_s:.0f} s reached"
             break
-        res = {}
-        for impl in ("separate", "fused", "cudnn"):
-            try:
-                res[impl] = measure(mode, dtype, L, B, H, T, impl)
-            except Exception as e:  # noqa: BLE001 - a failing path is a result
-                res[impl] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        for p in ("fwd", "fwd+bwd"):
-            ms = {k: (v.get(p) if "error" not in v else None) for k, v in res.items()}
+        passes = compare(("separate", "fused", "cudnn"),
+                         lambda impl: measure(mode, dtype, L, B, H, T, impl))
+        for p, (ms, errors, med) in passes.items():
             rows.append(dict(mode=mode, dtype=dtype, layers=L, B=B, H=H, I=H, T=T,
-                             **{"pass": p}, ms=ms,
-                             errors={k: v["error"] for k, v in res.items() if "error" in v}))
-            med = {k: (v[0] if v else float("nan")) for k, v in ms.items()}
+                             **{"pass": p}, ms=ms, errors=errors))
             print(f"{mode:5} {dtype:5} {L:2d} {B:4d} {H:4d} {T:5d} {p:8} {med['separate']:9.3f} "
                   f"{med['fused']:9.3f} {med['cudnn']:9.3f} "
                   f"{med['fused'] / med['separate']:9.2f}", flush=True)
-        for k, v in res.items():
-            if "error" in v:
-                print(f"  {k}: {v['error']}", flush=True)
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
     os.environ.pop(DIRECTIONS_ENV, None)

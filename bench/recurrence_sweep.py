@@ -41,6 +41,34 @@ def _commit():
     return out or os.environ.get("FASTCELLS_COMMIT", "unknown")
 
 
+def sweep_meta(**extra):
+    """The ``meta`` block of a sweep's JSON: where and when it ran, and how it timed."""
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=_commit(),
+                date=time.strftime("%Y-%m-%d"), I_equals_H=True, **extra,
+                note="fwd under no_grad; fwd+bwd: forward and y.backward(dy); do_bench medians")
+
+
+def compare(impls, measure_one):
+    """Each of ``impls`` timed by ``measure_one(impl)`` ({pass: (median, p20, p80) ms}); a path
+    that fails is a result, its error kept and printed.  Returns {pass: (ms, errors, medians)}
+    for fwd and fwd+bwd: ms per impl (None where it failed), the errors by impl, the medians
+    (nan where it failed)."""
+    res = {}
+    for impl in impls:
+        try:
+            res[impl] = measure_one(impl)
+        except Exception as e:  # noqa: BLE001 - a failing path is a result
+            res[impl] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    errors = {k: v["error"] for k, v in res.items() if "error" in v}
+    for k, e in errors.items():
+        print(f"  {k}: {e}", flush=True)
+    out = {}
+    for p in ("fwd", "fwd+bwd"):
+        ms = {k: (None if k in errors else v.get(p)) for k, v in res.items()}
+        out[p] = (ms, errors, {k: (v[0] if v else float("nan")) for k, v in ms.items()})
+    return out
+
+
 def measure(mode, dtype, B, H, T, impl):
     """{pass: (median, p20, p80) ms} for fwd and fwd+bwd of one layer (I = H)."""
     backend = "native" if impl == "cudnn" else "triton"
@@ -82,9 +110,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("recurrence_sweep: needs a CUDA GPU (Triton timings on CPU mean nothing)")
         return 0
-    meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, commit=_commit(),
-                date=time.strftime("%Y-%m-%d"), I_equals_H=True,
-                note="fwd under no_grad; fwd+bwd: forward and y.backward(dy); do_bench medians")
+    meta = sweep_meta()
     rows, t0 = [], time.time()
     print(f"{'mode':5} {'dtype':5} {'B':>4} {'H':>4} {'T':>5} {'pass':8} "
           f"{'step ms':>9} {'resident':>9} {'cudnn':>9} {'res/step':>8} {'res/cudnn':>9}",
@@ -95,25 +121,15 @@ def main(argv=None):
         if time.time() - t0 > args.budget_s:
             meta["cut"] = f"budget {args.budget_s:.0f} s reached"
             break
-        res = {}
-        for impl in ("step", "resident", "cudnn"):
-            try:
-                res[impl] = measure(mode, dtype, B, H, T, impl)
-            except Exception as e:  # noqa: BLE001 - a failing path is a result
-                res[impl] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        for p in ("fwd", "fwd+bwd"):
-            ms = {k: (v.get(p) if "error" not in v else None) for k, v in res.items()}
-            rows.append(dict(mode=mode, dtype=dtype, B=B, H=H, I=H, T=T, **{"pass": p},
-                             ms={k: v for k, v in ms.items()},
-                             errors={k: v["error"] for k, v in res.items() if "error" in v}))
-            med = {k: (v[0] if v else float("nan")) for k, v in ms.items()}
+        passes = compare(("step", "resident", "cudnn"),
+                         lambda impl: measure(mode, dtype, B, H, T, impl))
+        for p, (ms, errors, med) in passes.items():
+            rows.append(dict(mode=mode, dtype=dtype, B=B, H=H, I=H, T=T, **{"pass": p}, ms=ms,
+                             errors=errors))
             print(f"{mode:5} {dtype:5} {B:4d} {H:4d} {T:5d} {p:8} {med['step']:9.3f} "
                   f"{med['resident']:9.3f} {med['cudnn']:9.3f} "
                   f"{med['resident'] / med['step']:8.2f} {med['resident'] / med['cudnn']:9.2f}",
                   flush=True)
-        for k, v in res.items():
-            if "error" in v:
-                print(f"  {k}: {v['error']}", flush=True)
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
     os.environ.pop(dispatch.ENV, None)

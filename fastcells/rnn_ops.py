@@ -18,8 +18,9 @@ The backward is itself a Function (:class:`RNNLayerBackward`) on the kernels.  A
 must be differentiable recomputes the layer with the reference math and differentiates that,
 the one place the kernels' wrappers use :mod:`fastcells.reference`: with plain autograd
 (``create_graph=True``: gradient penalties, meta-learning) the backward of ``RNNLayer`` and of
-``RNNStep`` takes that path (``_layer_backward``), so every order works; under ``torch.func`` the kernels' backward runs, and its own
-backward (a second order: hessians) is the reference math's, through ``torch.func.vjp``.
+``RNNStep`` takes that path (``_layer_backward``), so every order works; under ``torch.func``
+the kernels' backward runs, and its own backward (a second order: hessians) is the reference
+math's, through ``torch.func.vjp``.
 """
 from types import SimpleNamespace
 from typing import List, Optional, Tuple

@@ -136,3 +136,21 @@ def test_layers_plan_order(tmp_path):
     env = dict(date="2026-01-01T00:00:00Z", device="NVIDIA H100")
     assert run.result_path(tmp_path, env, "layers").name.endswith("_layers.json")
     assert run.parse_args(["--layers", "--budget-s", "420"]).layers
+
+
+def test_sweeps_keep_a_failing_path_as_a_result():
+    """The GPU sweeps (bench/recurrence_sweep.py, bench/directions_sweep.py) share ``compare``:
+    a path that raises is a row entry with its error, beside the ones that ran."""
+    from bench.recurrence_sweep import compare
+
+    def measure(impl):
+        if impl == "broken":
+            raise RuntimeError("no kernel")
+        return {"fwd": (1.0, 0.9, 1.1), "fwd+bwd": (2.0, 1.8, 2.2)}
+
+    out = compare(("ok", "broken"), measure)
+    assert list(out) == ["fwd", "fwd+bwd"]
+    ms, errors, med = out["fwd+bwd"]
+    assert ms == {"ok": (2.0, 1.8, 2.2), "broken": None}
+    assert errors == {"broken": "RuntimeError: no kernel"}
+    assert med["ok"] == 2.0 and med["broken"] != med["broken"]   # nan

@@ -15,7 +15,8 @@ Run: ``python bench/host_overhead.py`` (``--json PATH`` writes the rows), or
 ``python bench/run.py --host``.  Figures are microseconds per call: the median of ``--repeats``
 batches of ``--number`` calls each (CPU: the minimum is printed too, the least disturbed run).
 On CPU the ratio is the median, over the batches, of a fastcells batch's time over the torch.nn
-batch timed right after it: a shared machine's drift (a third, here) then cancels.
+batch timed right after it: a shared machine's drift (a third, here) then cancels.  Both run
+on one intra-op thread (the host path is one thread; a second only adds wake-ups at these sizes).
 """
 import argparse
 import contextlib
@@ -137,13 +138,21 @@ def measure(device=None, number=None, repeats=None, cases=CASES, dtype=torch.flo
         from fastcells.backend import interpreter_enabled
         if not interpreter_enabled():
             raise RuntimeError("set TRITON_INTERPRET=1 before importing triton to measure on CPU")
-        for case in cases:
-            fast = _modules(case, "triton", device, dtype, TINY)
-            ref = _modules(case, "torch", device, dtype, TINY)
-            (f_med, f_min), (t_med, t_min), paired = _time_pair(fast, ref, number, repeats)
-            rows.append(dict(case=case, device="cpu", shape=TINY, what="host path, launches stubbed",
-                             fastcells_us=f_med, fastcells_min_us=f_min, torch_us=t_med,
-                             torch_min_us=t_min, ratio=paired))
+        # One intra-op thread: at these sizes torch's ops gain nothing from a second one but
+        # the wake-ups, which moved the ratio by a tenth from run to run on the 2-core VM.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for case in cases:
+                fast = _modules(case, "triton", device, dtype, TINY)
+                ref = _modules(case, "torch", device, dtype, TINY)
+                (f_med, f_min), (t_med, t_min), paired = _time_pair(fast, ref, number, repeats)
+                rows.append(dict(case=case, device="cpu", shape=TINY, threads=1,
+                                 what="host path, launches stubbed", fastcells_us=f_med,
+                                 fastcells_min_us=f_min, torch_us=t_med, torch_min_us=t_min,
+                                 ratio=paired))
+        finally:
+            torch.set_num_threads(threads)
         return rows
     number, repeats = number or 200, repeats or 7
     shape = dict(B=64, I=512, H=512, T=16)

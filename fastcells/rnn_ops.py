@@ -50,23 +50,25 @@ def _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
     return layer_forward(mode, x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes)
 
 
-def _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
+def _backward(mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
               saved, m, dy, dcn):
-    """[dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] on the kernels (None where absent)."""
+    """[dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] on the kernels (None where absent).
+    ``needs``: whether dx, dh0 and dc0 are wanted (an input that needs no gradient costs no
+    GEMM: the initial state of most layers is zeros)."""
     dgx, dgh, carry, dc, dhs = layer_backward_steps(
         mode, w_hh, h0, c0, y, _none(cs), _none(saved), _none(m), batch_sizes, dy, dcn, w_hr)
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_grads(
-        x, w_ih, w_hh, h0, y, _none(m), dgx, dgh, carry, dhs, b_ih is not None, need_dx, groups)
-    dc0 = dc if dc is None or dc.dtype == x.dtype else dc.to(x.dtype)
+        x, w_ih, w_hh, h0, y, _none(m), dgx, dgh, carry, dhs, b_ih is not None, needs[:2], groups)
+    dc0 = None if dc is None or not needs[2] else dc if dc.dtype == x.dtype else dc.to(x.dtype)
     return [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]
 
 
 def _backward_of(args):
-    """``_backward`` on RNNLayerBackward's arguments (mode, batch_sizes, need_dx, groups, x, h0,
+    """``_backward`` on RNNLayerBackward's arguments (mode, batch_sizes, needs, groups, x, h0,
     c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn)."""
-    (mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, _, w_hr, y, cs, saved, m,
+    (mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih, _, w_hr, y, cs, saved, m,
      dy, dcn) = args
-    return _backward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
+    return _backward(mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
                      saved, m, dy, dcn)
 
 
@@ -169,8 +171,8 @@ def _as_members(apply, info, in_dims, args, slots):
 def _per_member(apply, info, in_dims, args):
     """Batched weights (an ensemble): one call per member, stacked."""
     outs = []
-    for k in range(info.batch_size):
-        outs.append(apply(*[a.select(d, k) if d is not None else a
+    for k in range(info.batch_size):   # (a tuple argument's in_dims entry is a tuple of Nones)
+        outs.append(apply(*[a.select(d, k) if isinstance(d, int) else a
                             for a, d in zip(args, in_dims)]))
     stacked = tuple(None if o[0] is None else torch.stack(o) for o in zip(*outs))
     return stacked, tuple(None if o is None else 0 for o in stacked)
@@ -241,16 +243,17 @@ class _Function(torch.autograd.Function):
         return super(torch.autograd.function._SingleLevelFunction, cls).apply(*_live(args))
 
 
-def _layer_backward(mode, batch_sizes, need_dx, inputs, buffers, dy, dcn):
+def _layer_backward(mode, batch_sizes, needs, inputs, buffers, dy, dcn):
     """The layer's gradients [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] from its
     ``inputs`` (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) and forward ``buffers`` (y, cs, saved,
-    m), whichever way the backward is being run."""
+    m), whichever way the backward is being run; ``needs``: whether dx, dh0, dc0 are wanted
+    (``ctx.needs_input_grad`` of x, h0, c0)."""
     if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
         # create_graph=True (gradient penalties, meta-learning): gradients that are
         # themselves differentiable, to any order, from the reference math.
         return _reference_grads(mode, batch_sizes, inputs, dy, dcn)
     x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
-    args = (mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *buffers,
+    args = (mode, batch_sizes, needs, 1, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, *buffers,
             dy, dcn)
     if _legacy_batched(dy, dcn):
         return _legacy_vmap(RNNLayerBackward.vmap, args)
@@ -297,7 +300,7 @@ class RNNLayer(_Function):
         if dy is None:   # only c_n was used
             dy = torch.zeros_like(y)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_backward(
-            ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1],
+            ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1:4],
             (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (y, cs, saved, m), dy, dcn)
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
@@ -346,12 +349,12 @@ class RNNStep(_Function):
             # create_graph, or a batched backward (jacobian(vectorize=True)): the one-step
             # layer's way, with the time dimension
             step = lambda t: None if t is None else t[None]  # noqa: E731
-            grads = list(_layer_backward(ctx.mode, None, ctx.needs_input_grad[1],
+            grads = list(_layer_backward(ctx.mode, None, ctx.needs_input_grad[1:4],
                                          (step(x), h, c, w_ih, w_hh, b_ih, b_hh, None),
                                          (step(hn), step(cn), step(saved), None), step(dy), dc))
             grads[0] = None if grads[0] is None else grads[0][0]
         else:   # the kernels take the step without its time dimension
-            grads = _backward(ctx.mode, None, ctx.needs_input_grad[1], 1, x, h, c, w_ih, w_hh,
+            grads = _backward(ctx.mode, None, ctx.needs_input_grad[1:4], 1, x, h, c, w_ih, w_hh,
                               b_ih, None, hn, cn, saved, None, dy, dc)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _ = grads
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
@@ -359,13 +362,14 @@ class RNNStep(_Function):
 
 class RNNLayerBackward(_Function):
     """The layer's gradients on the kernels: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr].
-    ``groups`` > 1: the batch holds that many interleaved problems (a folded vmap), and each
+    ``needs``: whether dx, dh0 and dc0 are wanted.  ``groups`` > 1: the batch holds that many
+    interleaved problems (a folded vmap), and each
     weight gradient gets a leading dimension of that size."""
 
     @staticmethod
-    def forward(mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+    def forward(mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                 y, cs, saved, m, dy, dcn):
-        return tuple(_unaliased(_backward_of((mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih,
+        return tuple(_unaliased(_backward_of((mode, batch_sizes, needs, groups, x, h0, c0, w_ih,
                                               w_hh, b_ih, b_hh, w_hr, y, cs, saved, m, dy, dcn))))
 
     @staticmethod
@@ -414,9 +418,9 @@ class RNNLayerBackward(_Function):
         return (None, None, None, None, *res[:8], None, None, None, None, *res[8:])
 
     @staticmethod
-    def vmap(info, in_dims, mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih,
+    def vmap(info, in_dims, mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih,
              b_hh, w_hr, y, cs, saved, m, dy, dcn):
-        args = (mode, batch_sizes, need_dx, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
+        args = (mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y,
                 cs, saved, m, dy, dcn)
         stacked = w_hh.dim() - (in_dims[8] is not None) == 3   # members already (nested vmap)
         ensemble = any(d is not None for d in in_dims[7:12])
@@ -429,7 +433,7 @@ class RNNLayerBackward(_Function):
         row = lambda t, d: _fold(t, d, n, 0)  # noqa: E731  (B, .) tensors
         d = in_dims
         grads = RNNLayerBackward.apply(
-            mode, None if batch_sizes is None else batch_sizes * n, need_dx, groups * n,
+            mode, None if batch_sizes is None else batch_sizes * n, needs, groups * n,
             seq(x, d[4]), row(h0, d[5]), row(c0, d[6]), w_ih, w_hh, b_ih, b_hh, w_hr,
             seq(y, d[12]), seq(cs, d[13]), seq(saved, d[14]), seq(m, d[15]), seq(dy, d[16]),
             row(dcn, d[17]))
@@ -481,8 +485,9 @@ def rnn_layer_backward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w
                        dy: Tensor, dcn: Optional[Tensor], need_dx: bool) -> List[Tensor]:
     """Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]; absent ones empty."""
     b_ih = w_hh.new_empty(0) if has_bias else None
-    grads = _unaliased(_backward(mode, batch_sizes, need_dx, 1, x, h0, c0, w_ih, w_hh, b_ih,
-                                 w_hr, y, cs, saved, m, dy, dcn))
+    # the schema takes need_dx alone: dh0 and dc0 always (its fake returns them)
+    grads = _unaliased(_backward(mode, batch_sizes, (need_dx, True, True), 1, x, h0, c0, w_ih,
+                                 w_hh, b_ih, w_hr, y, cs, saved, m, dy, dcn))
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 

@@ -8,11 +8,14 @@ Set FASTCELLS_CUDA_GRAPHS=0 to launch step by step instead.
 """
 import collections
 import os
+import threading
 
 import torch
 
 MAX_GRAPHS = 16  # cached graphs (each holds its static buffers); least recently used evicted
 _cache = collections.OrderedDict()
+_cache_lock = threading.Lock()
+_capturing = threading.Lock()   # one capture at a time (_Graphed._capture)
 
 
 def enabled(device):
@@ -38,14 +41,18 @@ class _Graphed:
         self._capture(steps)
 
     def _capture(self, steps):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            steps(self.bufs)  # compiles the kernels outside the capture
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            steps(self.bufs)
+        # One capture at a time, on its own stream, in thread-local mode: two threads of an
+        # inference server may both meet a new shape, and torch's default (global) mode would
+        # fail the other thread's allocations while one captures.
+        with _capturing:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                steps(self.bufs)  # compiles the kernels outside the capture
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                steps(self.bufs)
 
     def replay(self):
         self.graph.replay()
@@ -53,13 +60,16 @@ class _Graphed:
 
 def cached_bytes(device=None):
     """Bytes of static buffers the cached graphs keep (on ``device``, or on every device)."""
-    return sum(v.nbytes for g in _cache.values() for v in g.bufs.values()
+    with _cache_lock:
+        graphs = list(_cache.values())
+    return sum(v.nbytes for g in graphs for v in g.bufs.values()
                if device is None or v.device == torch.device(device))
 
 
 def clear():
     """Drop every cached graph and its static buffers (their memory returns to torch's cache)."""
-    _cache.clear()
+    with _cache_lock:
+        _cache.clear()
 
 
 def run(key, device, inputs, outputs, steps):
@@ -73,12 +83,16 @@ def run(key, device, inputs, outputs, steps):
         bufs.update({k: torch.empty(s, dtype=d, device=dev) for k, (s, d, dev) in outputs.items()})
         steps(bufs)
         return bufs
-    g = _cache.get(key)
+    with _cache_lock:   # threads share the cache (each with its own keys): no torn update
+        g = _cache.get(key)
+        if g is not None:
+            _cache.move_to_end(key)
     if g is None:
-        g = _cache[key] = _Graphed(inputs, outputs, steps)
-        if len(_cache) > MAX_GRAPHS:
-            _cache.popitem(last=False)
-    _cache.move_to_end(key)
+        g = _Graphed(inputs, outputs, steps)
+        with _cache_lock:
+            _cache[key] = g
+            if len(_cache) > MAX_GRAPHS:
+                _cache.popitem(last=False)
     for k, v in inputs.items():
         _value(v, g.bufs[k])
     g.replay()

@@ -70,12 +70,27 @@ def _gpu_name(device):
     return torch.cuda.get_device_name(device)
 
 
+_parsed = {}   # (variable, raw value) -> the choice: read at every call, parsed once
+
+
+def _env_choice(name, choices, default):
+    """The setting of environment variable ``name`` (``default`` when unset or empty),
+    lower-cased; ValueError when it is not one of ``choices``."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = _parsed.get((name, raw))
+    if value is None:
+        value = raw.strip().lower() or default
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        _parsed[name, raw] = value
+    return value
+
+
 def override():
     """The value of FASTCELLS_RECURRENCE ("auto" when unset); ValueError when not a choice."""
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if value not in CHOICES:
-        raise ValueError(f"{ENV} must be one of {', '.join(CHOICES)}, got {value!r}")
-    return value
+    return _env_choice(ENV, CHOICES, "auto")
 
 
 def choose_recurrence(mode, dtype, B, H, T, device, proj=False):
@@ -87,8 +102,7 @@ def choose_recurrence(mode, dtype, B, H, T, device, proj=False):
         return "step"
     if want == "resident":
         return "resident"
-    device = torch.device(device)
-    if device.type != "cuda" or not RULES:
+    if not RULES or torch.device(device).type != "cuda":
         return "step"
     gpu, name = _gpu_name(device), DTYPE_NAMES[dtype]
     if any(rule.covers(gpu, mode, name, B, H, T) for rule in RULES):
@@ -104,7 +118,4 @@ def fuse_directions():
     ``kernels.recurrence``): ``FASTCELLS_DIRECTIONS=fused``.  The default, ``separate``, launches
     each direction on its own: the fused path halves the step launches but stacks the inputs
     and weights of both directions per call, and no GPU run has measured it yet."""
-    value = os.environ.get(DIRECTIONS_ENV, "separate").strip().lower() or "separate"
-    if value not in ("separate", "fused"):
-        raise ValueError(f"{DIRECTIONS_ENV} must be 'separate' or 'fused', got {value!r}")
-    return value == "fused"
+    return _env_choice(DIRECTIONS_ENV, ("separate", "fused"), "separate") == "fused"

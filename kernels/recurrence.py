@@ -50,8 +50,11 @@ CELLS = {
 _configs = {}
 
 
+_cudnn_allow_tf32 = torch._C._get_cudnn_allow_tf32   # torch.backends.cudnn.allow_tf32, unwrapped
+
+
 def _launch_config(B, H, K, dtype):
-    allow_tf32 = torch.backends.cudnn.allow_tf32
+    allow_tf32 = _cudnn_allow_tf32()
     key = (B, H, K, dtype, allow_tf32)
     cfg = _configs.get(key)
     if cfg is None:
@@ -87,13 +90,16 @@ def _stream_key(dev):
 
 def _input_projection(x, w_ih, out=None):
     # no autograd: ``out=`` refuses it, and the layer's gradients come from the backward here
-    with torch.no_grad():
-        if x.dim() == 3:
-            return torch.matmul(x, w_ih.t(), out=out)
-        M, T, B, I = x.shape   # members: one batched GEMM
-        rows = torch.bmm(x.reshape(M, T * B, I), w_ih.transpose(1, 2),
-                         out=None if out is None else out.view(M, T * B, -1))
-        return rows.view(M, T, B, -1) if out is None else out
+    # (an autograd Function's forward runs with grad off already: no context to enter then)
+    if torch.is_grad_enabled():
+        with torch.no_grad():
+            return _input_projection(x, w_ih, out)
+    if x.dim() == 3:
+        return torch.matmul(x, w_ih.t(), out=out)
+    M, T, B, I = x.shape   # members: one batched GEMM
+    rows = torch.bmm(x.reshape(M, T * B, I), w_ih.transpose(1, 2),
+                     out=None if out is None else out.view(M, T * B, -1))
+    return rows.view(M, T, B, -1) if out is None else out
 
 
 def _check_step(batch_sizes, w_hr):
@@ -308,23 +314,24 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     return dgx, dgh, keep(b["carry"]), dc, b.get("dhs")
 
 
-def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_input_grad=True,
+def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=(True, True),
                 groups=1):
     """The hoisted GEMMs after the backward loop: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr).
+    ``needs``: whether dx and dh0 are wanted (None, and no GEMM, where not).
 
     With ``groups`` = N > 1 the batch rows are N interleaved problems (row b * N + n belongs to
     problem n: a vmapped layer folded into one launch), and every weight gradient gets a leading
     dimension N.  2-D tensors (y (B, K), no time dimension: ``layer_forward`` of a 2-D x) are
     one step."""
     if y.dim() == 4:
-        return _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_grad,
-                             groups)
+        return _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, needs, groups)
     if y.dim() == 2:
         if y.shape[0] and groups == 1:
-            return _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, need_input_grad)
+            return _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, needs)
         grads = layer_grads(x[None], w_ih, w_hh, h0, y[None], m, dgx[None], dgh[None], carry,
-                            dhs, has_bias, need_input_grad, groups)
+                            dhs, has_bias, needs, groups)
         return (None if grads[0] is None else grads[0][0], *grads[1:])
+    need_dx, need_dh0 = needs
     T, B, K = y.shape
     GH = dgx.shape[-1]
     dt = y.dtype
@@ -333,7 +340,7 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
         zero = y.new_zeros
         lead = (groups,) if groups > 1 else ()
         dw_hr = None if dhs is None else zero(*lead, *w_hh.shape[1:2], m.shape[-1])
-        return (torch.zeros_like(x) if need_input_grad else None, carry.to(dt),
+        return (torch.zeros_like(x) if need_dx else None, carry.to(dt) if need_dh0 else None,
                 zero(*lead, *w_ih.shape), zero(*lead, *w_hh.shape),
                 zero(*lead, GH) if has_bias else None, zero(*lead, GH) if has_bias else None,
                 dw_hr)
@@ -341,8 +348,8 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, need_in
     gx = dgx.view(T * B, GH)
     gh = gx if dgh is dgx else dgh.view(T * B, GH)
     gh0 = gh if T == 1 else gh[:B]
-    dh0 = _dh0(carry, gh0, w_hh, dt)
-    dx = torch.mm(gx, w_ih).view(T, B, -1) if need_input_grad else None
+    dh0 = _dh0(carry, gh0, w_hh, dt) if need_dh0 else None
+    dx = torch.mm(gx, w_ih).view(T, B, -1) if need_dx else None
     if groups == 1:
         dw_ih = gx.t().mm(x.reshape(T * B, -1))
         dw_hh = gh0.t().mm(h0)
@@ -380,11 +387,11 @@ def _dh0(carry, gh0, w_hh, dt):
     return (carry + gh0.mm(w_hh).to(carry.dtype)).to(dt)
 
 
-def _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, need_input_grad):
+def _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, needs):
     """``layer_grads`` of one step without the time dimension (a cell; B > 0): its GEMMs and
     nothing else (host time per step)."""
-    dh0 = _dh0(carry, dgh, w_hh, dgx.dtype)
-    dx = dgx.mm(w_ih) if need_input_grad else None
+    dh0 = _dh0(carry, dgh, w_hh, dgx.dtype) if needs[1] else None
+    dx = dgx.mm(w_ih) if needs[0] else None
     dw_ih = dgx.t().mm(x)
     dw_hh = dgh.t().mm(h0)
     db_ih = db_hh = None
@@ -394,7 +401,7 @@ def _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, need_input_grad):
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
 
 
-def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_grad, groups):
+def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, needs, groups):
     """``layer_grads`` for stacked members (a leading dimension M on every tensor): the same
     GEMMs, batched over the members."""
     if groups != 1:
@@ -406,17 +413,19 @@ def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, need_input_gr
     if B == 0:
         zero = y.new_zeros
         bias = zero(M, GH) if has_bias else None
-        return (torch.zeros_like(x) if need_input_grad else None, carry.to(dt),
+        return (torch.zeros_like(x) if needs[0] else None, carry.to(dt) if needs[1] else None,
                 zero(w_ih.shape), zero(w_hh.shape), bias, None if bias is None else bias.clone(),
                 None)
     gx = dgx.view(M, T * B, GH)
     gh = gx if dgh is dgx else dgh.view(M, T * B, GH)
     gh0 = gh[:, :B]
-    if dt == acc:
-        dh0 = torch.baddbmm(carry, gh0, w_hh)
-    else:
-        dh0 = (carry + torch.bmm(gh0, w_hh).to(acc)).to(dt)
-    dx = torch.bmm(gx, w_ih).view(M, T, B, -1) if need_input_grad else None
+    dh0 = None
+    if needs[1]:
+        if dt == acc:
+            dh0 = torch.baddbmm(carry, gh0, w_hh)
+        else:
+            dh0 = (carry + torch.bmm(gh0, w_hh).to(acc)).to(dt)
+    dx = torch.bmm(gx, w_ih).view(M, T, B, -1) if needs[0] else None
     dw_ih = torch.bmm(gx.transpose(1, 2), x.reshape(M, T * B, -1))
     dw_hh = torch.bmm(gh0.transpose(1, 2), h0)
     if T > 1:

@@ -91,3 +91,48 @@ def test_layer_only_c_n_used_still_backpropagates(device):
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
 
+
+
+_GEMMS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default,
+          torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default}
+
+
+class _Gemms(TorchDispatchMode):
+    """Counts the matrix products run under it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in _GEMMS
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("table", ["layer", "cell"])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_a_state_without_gradient_costs_no_gemm(table, mode, device):
+    """dL/dh0 takes a GEMM (dgates_0 W_hh): skipped when the initial state needs no gradient
+    (a layer's default zeros, a rollout's first step), computed and right when it does."""
+    ref, fast = twins(KINDS if table == "layer" else CELLS, mode, I, H, backend="triton",
+                      device=device)
+    x = torch.randn(*((T,) if table == "layer" else ()), B, I, dtype=torch.float64, device=device)
+    lead = (1,) if table == "layer" else ()
+    states = [torch.randn(*lead, B, H, dtype=torch.float64, device=device)
+              for _ in range(2 if mode == "lstm" else 1)]
+    counts = {}
+    for needs in (False, True):
+        hx = [s.clone().requires_grad_(needs) for s in states]
+        with _Gemms() as rec:
+            out = fast(x, tuple(hx) if mode == "lstm" else hx[0])
+            (out[0] if isinstance(out, tuple) else out).sum().backward()
+        counts[needs] = rec.count
+        if needs:
+            hx_ref = [s.clone().requires_grad_() for s in states]
+            out_ref = ref(x, tuple(hx_ref) if mode == "lstm" else hx_ref[0])
+            (out_ref[0] if isinstance(out_ref, tuple) else out_ref).sum().backward()
+            for a, b in zip(hx, hx_ref):
+                torch.testing.assert_close(a.grad, b.grad)
+        else:
+            assert all(s.grad is None for s in hx)
+    assert counts[True] == counts[False] + 1

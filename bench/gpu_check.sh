@@ -11,6 +11,9 @@
 # SELECTION: bench/run.py's --ops/--dtypes/--impls for the quick benchmark (default: the whole
 # quick plan).  FASTCELLS_CHECK_LAYERS_S (seconds, default 0: none) adds the layers plan after it,
 # with FASTCELLS_CHECK_LAYERS_ARGS its selection (e.g. "--ops lstm --cases fastrnns").
+# FASTCELLS_CHECK_PROFILE ("cells" or "layers", default none): bench/profile_step.py after the
+# host stage, where a call's host and device time go (torch.profiler over every thread, so the
+# backward's autograd thread too; a cProfile of the cell's host path).
 # FASTCELLS_CHECK_SWEEPS (comma list, default "recurrence"): the GPU-only sweeps to
 # run before the benchmark, "recurrence" (step chain against the resident kernel and cuDNN,
 # bench/recurrence_sweep.py), "directions" (bidirectional layers with both directions in one
@@ -43,9 +46,14 @@ LAYERS_S=${FASTCELLS_CHECK_LAYERS_S:-0}    # the layers plan after the quick ben
 SWEEP_S=80               # each sweep's share at most (GPU only)
 HOST_S=${FASTCELLS_CHECK_HOST_S:-60}       # the host-overhead stage at most (GPU only)
 SWEEPS_S=0               # what the chosen sweeps are kept
+PROFILE="${FASTCELLS_CHECK_PROFILE:-}"
+case $PROFILE in ""|cells|layers) ;; *) echo "FASTCELLS_CHECK_PROFILE must be cells or layers" >&2; exit 2;; esac
+PROFILE_S=0              # the profile stage's share (GPU only)
+[ -n "$PROFILE" ] && PROFILE_S=${FASTCELLS_CHECK_PROFILE_S:-60}
 case $SWEEPS in *,tile,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 case $SWEEPS in *,recurrence,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 case $SWEEPS in *,directions,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
+SWEEPS_S=$(( SWEEPS_S + PROFILE_S ))   # the profile stage is kept its share the same way
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET   # real compilation on the GPU
@@ -201,6 +209,13 @@ if [ $HAS_CUDA -eq 1 ]; then
   stage host "$(min $HOST_S $(( $(left) - BENCH_MIN_S - SWEEPS_S - REPORT_S - LAYERS_S )))" "$OUT/host_overhead.log" \
     "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"
   tail -n 7 "$OUT/host_overhead.log"
+fi
+if [ $HAS_CUDA -eq 1 ] && [ -n "$PROFILE" ]; then
+  PROFILE_ARGS=()
+  [ "$PROFILE" = cells ] && PROFILE_ARGS=(--cells)
+  stage profile "$(min $PROFILE_S $(( $(left) - BENCH_MIN_S - SWEEPS_S + PROFILE_S - REPORT_S - LAYERS_S )))" \
+    "$OUT/profile_$PROFILE.log" "$PY" bench/profile_step.py "${PROFILE_ARGS[@]}" --out "$OUT/profile_$PROFILE.txt"
+  tail -n 14 "$OUT/profile_$PROFILE.log"
 fi
 
 # 3b. The sweeps (GPU only): the step chain against the resident kernel and cuDNN over small

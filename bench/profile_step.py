@@ -111,6 +111,10 @@ def main():
             torch.cuda.synchronize()
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
         report.write(f"\n=== {name}: wall {w:.3f} ms/call, host enqueue {h:.3f} ms/call\n{table}\n")
+        if args.cells:   # host time by op and autograd node, every thread (cProfile sees only
+            # this one; a CUDA backward runs on autograd's device thread)
+            cpu = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=16)
+            report.write(f"\n=== {name}: host time by event, all threads\n{cpu}\n")
         summary.append(f"{name:40s} wall {w:8.3f} ms   host {h:8.3f} ms")
     text = report.getvalue()
     if args.out:

@@ -193,7 +193,7 @@ if [ $HAS_CUDA -eq 1 ]; then
   XDIST=()
   "$PY" -c "import xdist" 2> /dev/null && XDIST=(-n 12)
   stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - HOST_S - SWEEPS_S - REPORT_S - LAYERS_S )))" "$OUT/tests.log" \
-    "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 "${XDIST[@]}" --junitxml="$OUT/tests.xml"
+    "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"} --junitxml="$OUT/tests.xml"
 else
   say "No CUDA GPU: the full test suite is CI's job (bash .ci/run); running the bench smoke test only."
   stage tests 120 "$OUT/tests.log" \
@@ -214,7 +214,7 @@ if [ $HAS_CUDA -eq 1 ] && [ -n "$PROFILE" ]; then
   PROFILE_ARGS=()
   [ "$PROFILE" = cells ] && PROFILE_ARGS=(--cells)
   stage profile "$(min $PROFILE_S $(( $(left) - BENCH_MIN_S - SWEEPS_S + PROFILE_S - REPORT_S - LAYERS_S )))" \
-    "$OUT/profile_$PROFILE.log" "$PY" bench/profile_step.py "${PROFILE_ARGS[@]}" --out "$OUT/profile_$PROFILE.txt"
+    "$OUT/profile_$PROFILE.log" "$PY" bench/profile_step.py ${PROFILE_ARGS[@]+"${PROFILE_ARGS[@]}"} --out "$OUT/profile_$PROFILE.txt"
   tail -n 14 "$OUT/profile_$PROFILE.log"
 fi
 

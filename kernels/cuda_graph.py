@@ -30,6 +30,18 @@ def _value(v, out=None):
     return v(out) if callable(v) else (v if out is None else out.copy_(v))
 
 
+_capture_streams = {}   # device index -> the one stream captures run on (under _capturing)
+
+
+def _capture_stream(device):
+    # One per device, made once, as torch's own default capture stream: a new pool stream per
+    # capture would, in time, be every stream of torch's pool, some other thread's among them.
+    stream = _capture_streams.get(device)
+    if stream is None:
+        stream = _capture_streams[device] = torch.cuda.Stream(device)
+    return stream
+
+
 class _Graphed:
     def __init__(self, inputs, outputs, steps):
         self.bufs = {k: torch.empty_like(_value(v)) for k, v in inputs.items()}
@@ -41,11 +53,11 @@ class _Graphed:
         self._capture(steps)
 
     def _capture(self, steps):
-        # One capture at a time, on its own stream, in thread-local mode: two threads of an
+        # One capture at a time, on the capture stream, in thread-local mode: two threads of an
         # inference server may both meet a new shape, and torch's default (global) mode would
         # fail the other thread's allocations while one captures.
         with _capturing:
-            side = torch.cuda.Stream()
+            side = _capture_stream(torch.cuda.current_device())
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 steps(self.bufs)  # compiles the kernels outside the capture

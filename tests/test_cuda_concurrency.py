@@ -1,8 +1,10 @@
 """Same-shape layers called at once from two threads and on two CUDA streams, through real CUDA
-graphs: every call gets what it gets alone.  A graph's static buffers are per thread and per
-stream (``kernels.cuda_graph``), and captures take turns; an inference server calls one model
-from several threads.  CUDA only: ``test_cuda_graph_logic.py`` checks the same buffer logic on
-any device by standing in for capture and replay."""
+graphs: every call gets what it gets alone (an inference server calls one model from several
+threads).  A graph is keyed on the thread and stream that run it (``kernels.cuda_graph``): a
+forward's buffers are its calling thread's; a backward runs on autograd's device thread, one
+task at a time in stream order, so the threads share its buffers but never at once; captures
+take turns.  CUDA only: ``test_cuda_graph_logic.py`` checks the same buffer logic on any device
+by standing in for capture and replay."""
 import threading
 
 import pytest

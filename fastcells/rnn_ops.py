@@ -108,9 +108,12 @@ def _reference_grads(mode, batch_sizes, inputs, dy, dcn):
         def one(dy, dcn, *ins):
             return _reference_grads(mode, batch_sizes, ins, dy, dcn)
         return _each_member(one, (dy, dcn, *inputs), inputs[4].shape[0])
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
     wanted = [t is not None and t.requires_grad for t in inputs]
     with torch.enable_grad():
+        # each slot its own node: one tensor passed twice (a cell's h as both h and c) gets
+        # each slot's gradient, not the sum of both in each
+        inputs = [t.view_as(t) if w else t for t, w in zip(inputs, wanted)]
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = inputs
         y, _, cn = reference.layer(mode, x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
                                    batch_sizes)
         outs, gouts = [y], [dy]
@@ -284,6 +287,7 @@ class RNNLayer(_Function):
         y, cs, saved, m, cn = output
         ctx.mode, ctx.batch_sizes = mode, batch_sizes
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m)
+        ctx.in_transform = torch._C._are_functorch_transforms_active()
         ctx.mark_non_differentiable(*[t for t in (saved, m, None if cn is None else cs)
                                       if t is not None])
         # Outputs nobody differentiated (the gates, an unused c_n) give None, not a
@@ -292,7 +296,13 @@ class RNNLayer(_Function):
 
     @staticmethod
     def backward(ctx, dy, dcs, _dsaved, _dm, dcn):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = ctx.saved_tensors
+        saved_tensors = ctx.saved_tensors
+        if ctx.in_transform:
+            # A pullback run after its transform ended (torch.func.vjp's, under plain autograd
+            # or another transform): what was saved are that transform's wrappers, now dead;
+            # the gradients are the tensors' under them, differentiable where those are.
+            saved_tensors = _live(saved_tensors)
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m = saved_tensors
         if dcn is not None:   # the kernels keep c and dL/dc in the accumulation dtype
             dcn = dcn.to(cs.dtype)
         elif c0 is not None and dcs is not None:   # a single step: c_n is a view of cs
@@ -447,6 +457,9 @@ class RNNLayerBackward(_Function):
             if t is None:
                 outs.append(None)
                 dims.append(None)
+            elif groups * n == 1:   # one problem in all (jacrev of a scalar): no leading dim
+                outs.append(t.unsqueeze(0))
+                dims.append(0)
             else:
                 outs.append(t.unflatten(0, (groups, n)) if groups > 1 else t)
                 dims.append(1 if groups > 1 else 0)

@@ -117,3 +117,22 @@ def test_cell_gradient_penalty_matches_torch(kind, device):
         results.append(torch.autograd.grad((gx ** 2).sum(), list(m.parameters())))
     for a, b in zip(results[1], results[0]):
         assert_close(a, b, torch.float64)
+
+
+@pytest.mark.parametrize("create_graph", [False, True])
+def test_lstm_cell_one_tensor_as_both_states(create_graph, device):
+    """One tensor passed as both h and c: each slot gets its own gradient and autograd sums
+    them, in a plain backward and a differentiable one (the reference math's slots are
+    separate nodes)."""
+    ref, fast = twins(CELLS, "lstm", I, H, backend="triton", device=device)
+    x = torch.randn(B, I, dtype=torch.float64, device=device)
+    s = torch.randn(B, H, dtype=torch.float64, device=device)
+    results = []
+    for m in (ref, fast):
+        si = s.clone().requires_grad_()
+        h, c = m(x, (si, si))
+        (g,) = torch.autograd.grad(loss_of([h, c]), si, create_graph=create_graph)
+        results.append([g, *(torch.autograd.grad(g.square().sum(), list(m.parameters()))
+                             if create_graph else [])])
+    for a, b in zip(results[1], results[0]):
+        assert_close(a, b, torch.float64)

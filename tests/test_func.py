@@ -220,3 +220,45 @@ def test_tensors_escaped_from_a_transform(case, grad_mode, device):
         want = ref(2 * x, (h, h) if "lstm" in case else h)
     for a, b in zip(torch.utils._pytree.tree_leaves(got), torch.utils._pytree.tree_leaves(want)):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("grad_mode", ["train", "no_grad"])
+@pytest.mark.parametrize("case", ["layer-lstm", "layer-gru", "cell-lstm", "cell-gru"])
+def test_vjp_pullback_after_its_transform(case, grad_mode, device):
+    """torch.func.vjp's pullback runs after its transform has ended, on the wrappers the
+    forward saved (dead by then): under plain autograd its result is differentiable with
+    respect to the tensors under them (a gradient penalty through vjp); under no_grad it is
+    the plain gradient."""
+    (fast, ref), x, _ = _case(case, device)
+    hshape = (1, B, H) if case.startswith("layer") else (B, H)
+    torch.manual_seed(4)
+    h0 = torch.randn(hshape, dtype=x.dtype, device=device)
+    results = []
+    for m in (fast, ref):
+        h = h0.clone().requires_grad_()
+        out, pullback = torch.func.vjp(lambda h: _out(m(x, (h, h) if "lstm" in case else h)), h)
+        with torch.set_grad_enabled(grad_mode == "train"):
+            (dh,) = pullback(torch.ones_like(out))
+        got = [dh]
+        if grad_mode == "train":
+            assert dh.grad_fn is not None
+            got += torch.autograd.grad(dh.square().sum(), [h, *m.parameters()])
+        results.append(got)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+@pytest.mark.parametrize("case", ["layer-lstm", "layer-gru", "cell-lstm"])
+def test_jacrev_of_a_scalar_over_parameters(case, ensemble, device):
+    """jacrev of a scalar loss with respect to the parameters, alone and over an ensemble
+    (vmap of jacrev): the backward is vmapped over a single cotangent, one problem in all,
+    and its weight gradients come back with that dimension."""
+    (fast, ref), x, _ = _case(case, device)
+
+    def run(m):
+        f = jacrev(_loss_fn(m))
+        if ensemble:
+            return vmap(f, in_dims=(0, None))(_ensemble(m), x)
+        return f(_params(m), x)
+    _assert_same(run(fast), run(ref))

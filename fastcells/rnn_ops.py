@@ -53,12 +53,12 @@ def _forward(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
 def _backward(mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih, w_hr, y, cs,
               saved, m, dy, dcn):
     """[dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] on the kernels (None where absent).
-    ``needs``: whether dx, dh0 and dc0 are wanted (an input that needs no gradient costs no
-    GEMM: the initial state of most layers is zeros)."""
+    ``needs``: which of them are wanted, in that order (an input that needs no gradient costs
+    no GEMM: the initial state of most layers is zeros; a frozen layer's weights)."""
     dgx, dgh, carry, dc, dhs = layer_backward_steps(
         mode, w_hh, h0, c0, y, _none(cs), _none(saved), _none(m), batch_sizes, dy, dcn, w_hr)
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = layer_grads(
-        x, w_ih, w_hh, h0, y, _none(m), dgx, dgh, carry, dhs, b_ih is not None, needs[:2], groups)
+        x, w_ih, w_hh, h0, y, _none(m), dgx, dgh, carry, dhs, b_ih is not None, needs, groups)
     dc0 = None if dc is None or not needs[2] else dc if dc.dtype == x.dtype else dc.to(x.dtype)
     return [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]
 
@@ -249,8 +249,8 @@ class _Function(torch.autograd.Function):
 def _layer_backward(mode, batch_sizes, needs, inputs, buffers, dy, dcn):
     """The layer's gradients [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr] from its
     ``inputs`` (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) and forward ``buffers`` (y, cs, saved,
-    m), whichever way the backward is being run; ``needs``: whether dx, dh0, dc0 are wanted
-    (``ctx.needs_input_grad`` of x, h0, c0)."""
+    m), whichever way the backward is being run; ``needs``: which gradients are wanted
+    (``ctx.needs_input_grad`` of the inputs, in that order)."""
     if torch.is_grad_enabled() and not torch._C._are_functorch_transforms_active():
         # create_graph=True (gradient penalties, meta-learning): gradients that are
         # themselves differentiable, to any order, from the reference math.
@@ -310,7 +310,7 @@ class RNNLayer(_Function):
         if dy is None:   # only c_n was used
             dy = torch.zeros_like(y)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _layer_backward(
-            ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1:4],
+            ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1:9],
             (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (y, cs, saved, m), dy, dcn)
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
 
@@ -359,20 +359,20 @@ class RNNStep(_Function):
             # create_graph, or a batched backward (jacobian(vectorize=True)): the one-step
             # layer's way, with the time dimension
             step = lambda t: None if t is None else t[None]  # noqa: E731
-            grads = list(_layer_backward(ctx.mode, None, ctx.needs_input_grad[1:4],
+            grads = list(_layer_backward(ctx.mode, None, (*ctx.needs_input_grad[1:8], False),
                                          (step(x), h, c, w_ih, w_hh, b_ih, b_hh, None),
                                          (step(hn), step(cn), step(saved), None), step(dy), dc))
             grads[0] = None if grads[0] is None else grads[0][0]
         else:   # the kernels take the step without its time dimension
-            grads = _backward(ctx.mode, None, ctx.needs_input_grad[1:4], 1, x, h, c, w_ih, w_hh,
-                              b_ih, None, hn, cn, saved, None, dy, dc)
+            grads = _backward(ctx.mode, None, (*ctx.needs_input_grad[1:8], False), 1, x, h, c,
+                              w_ih, w_hh, b_ih, None, hn, cn, saved, None, dy, dc)
         dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _ = grads
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
 class RNNLayerBackward(_Function):
     """The layer's gradients on the kernels: -> [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr].
-    ``needs``: whether dx, dh0 and dc0 are wanted.  ``groups`` > 1: the batch holds that many
+    ``needs``: which gradients are wanted.  ``groups`` > 1: the batch holds that many
     interleaved problems (a folded vmap), and each
     weight gradient gets a leading dimension of that size."""
 
@@ -498,8 +498,8 @@ def rnn_layer_backward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w
                        dy: Tensor, dcn: Optional[Tensor], need_dx: bool) -> List[Tensor]:
     """Returns [dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr]; absent ones empty."""
     b_ih = w_hh.new_empty(0) if has_bias else None
-    # the schema takes need_dx alone: dh0 and dc0 always (its fake returns them)
-    grads = _unaliased(_backward(mode, batch_sizes, (need_dx, True, True), 1, x, h0, c0, w_ih,
+    # the schema takes need_dx alone: every other gradient always (its fake returns them)
+    grads = _unaliased(_backward(mode, batch_sizes, (need_dx, *(True,) * 7), 1, x, h0, c0, w_ih,
                                  w_hh, b_ih, w_hr, y, cs, saved, m, dy, dcn))
     return [g if g is not None else x.new_empty(0) for g in grads]
 

@@ -314,10 +314,14 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     return dgx, dgh, keep(b["carry"]), dc, b.get("dhs")
 
 
-def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=(True, True),
-                groups=1):
+ALL = (True,) * 8
+
+
+def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=ALL, groups=1):
     """The hoisted GEMMs after the backward loop: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr).
-    ``needs``: whether dx and dh0 are wanted (None, and no GEMM, where not).
+    ``needs``: which gradients are wanted, in the layer's input order (x, h0, c0, w_ih, w_hh,
+    b_ih, b_hh, w_hr); one not wanted is None and costs no GEMM (an initial state of zeros, a
+    frozen layer).
 
     With ``groups`` = N > 1 the batch rows are N interleaved problems (row b * N + n belongs to
     problem n: a vmapped layer folded into one launch), and every weight gradient gets a leading
@@ -331,7 +335,6 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=(
         grads = layer_grads(x[None], w_ih, w_hh, h0, y[None], m, dgx[None], dgh[None], carry,
                             dhs, has_bias, needs, groups)
         return (None if grads[0] is None else grads[0][0], *grads[1:])
-    need_dx, need_dh0 = needs
     T, B, K = y.shape
     GH = dgx.shape[-1]
     dt = y.dtype
@@ -340,7 +343,7 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=(
         zero = y.new_zeros
         lead = (groups,) if groups > 1 else ()
         dw_hr = None if dhs is None else zero(*lead, *w_hh.shape[1:2], m.shape[-1])
-        return (torch.zeros_like(x) if need_dx else None, carry.to(dt) if need_dh0 else None,
+        return (torch.zeros_like(x) if needs[0] else None, carry.to(dt) if needs[1] else None,
                 zero(*lead, *w_ih.shape), zero(*lead, *w_hh.shape),
                 zero(*lead, GH) if has_bias else None, zero(*lead, GH) if has_bias else None,
                 dw_hr)
@@ -348,34 +351,38 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=(
     gx = dgx.view(T * B, GH)
     gh = gx if dgh is dgx else dgh.view(T * B, GH)
     gh0 = gh if T == 1 else gh[:B]
-    dh0 = _dh0(carry, gh0, w_hh, dt) if need_dh0 else None
-    dx = torch.mm(gx, w_ih).view(T, B, -1) if need_dx else None
+    dh0 = _dh0(carry, gh0, w_hh, dt) if needs[1] else None
+    dx = torch.mm(gx, w_ih).view(T, B, -1) if needs[0] else None
+    has_bias = has_bias and (needs[5] or needs[6])
+    dw_ih = dw_hh = dw_hr = None
     if groups == 1:
-        dw_ih = gx.t().mm(x.reshape(T * B, -1))
-        dw_hh = gh0.t().mm(h0)
-        if T > 1:
-            dw_hh = dw_hh.addmm_(gh[B:].t(), y[:T - 1].reshape(-1, K))
+        if needs[3]:
+            dw_ih = gx.t().mm(x.reshape(T * B, -1))
+        if needs[4]:
+            dw_hh = gh0.t().mm(h0)
+            if T > 1:
+                dw_hh = dw_hh.addmm_(gh[B:].t(), y[:T - 1].reshape(-1, K))
         db_ih = gx.sum(0) if has_bias else None
         # one sum where both biases see the same gate gradients (LSTM, RNN): the same tensor for
         # both (autograd's engine copies a gradient it receives twice before accumulating it;
         # the Function and the custom op that return these to torch.func and torch.compile
         # clone it, rnn_ops._unaliased)
         db_hh = (db_ih if dgh is dgx else gh.sum(0)) if has_bias else None
-        dw_hr = None
-        if dhs is not None:
+        if dhs is not None and needs[7]:
             dw_hr = (dhs.reshape(T * B, K).t() @ m.reshape(T * B, -1).to(acc)).to(dt)
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
     N = groups
     h_prev = y[:T - 1]
     g = lambda t: t.reshape(t.shape[0], B // N, N, t.shape[-1])  # noqa: E731
-    dw_ih = torch.einsum("tbng,tbni->ngi", g(dgx), g(x))
-    dw_hh = torch.einsum("bng,bnk->ngk", g(dgh[:1])[0], g(h0[None])[0])
-    if T > 1:
-        dw_hh = dw_hh + torch.einsum("tbng,tbnk->ngk", g(dgh[1:]), g(h_prev))
+    if needs[3]:
+        dw_ih = torch.einsum("tbng,tbni->ngi", g(dgx), g(x))
+    if needs[4]:
+        dw_hh = torch.einsum("bng,bnk->ngk", g(dgh[:1])[0], g(h0[None])[0])
+        if T > 1:
+            dw_hh = dw_hh + torch.einsum("tbng,tbnk->ngk", g(dgh[1:]), g(h_prev))
     db_ih = g(dgx).sum((0, 1)) if has_bias else None
     db_hh = g(dgh).sum((0, 1)) if has_bias else None
-    dw_hr = None
-    if dhs is not None:
+    if dhs is not None and needs[7]:
         dw_hr = torch.einsum("tbnk,tbnh->nkh", g(dhs), g(m).to(acc)).to(dt)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
@@ -392,10 +399,11 @@ def _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, needs):
     nothing else (host time per step)."""
     dh0 = _dh0(carry, dgh, w_hh, dgx.dtype) if needs[1] else None
     dx = dgx.mm(w_ih) if needs[0] else None
-    dw_ih = dgx.t().mm(x)
-    dw_hh = dgh.t().mm(h0)
+    dw_ih = dgx.t().mm(x) if needs[3] else None
+    dw_hh = dgh.t().mm(h0) if needs[4] else None
     db_ih = db_hh = None
-    if has_bias:   # one sum where both biases see the same gate gradients (see layer_grads)
+    if has_bias and (needs[5] or needs[6]):
+        # one sum where both biases see the same gate gradients (see layer_grads)
         db_ih = dgx.sum(0)
         db_hh = db_ih if dgh is dgx else dgh.sum(0)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
@@ -426,10 +434,14 @@ def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, needs, groups
         else:
             dh0 = (carry + torch.bmm(gh0, w_hh).to(acc)).to(dt)
     dx = torch.bmm(gx, w_ih).view(M, T, B, -1) if needs[0] else None
-    dw_ih = torch.bmm(gx.transpose(1, 2), x.reshape(M, T * B, -1))
-    dw_hh = torch.bmm(gh0.transpose(1, 2), h0)
-    if T > 1:
-        dw_hh = dw_hh.baddbmm_(gh[:, B:].transpose(1, 2), y[:, :T - 1].reshape(M, -1, K))
+    dw_ih = dw_hh = None
+    if needs[3]:
+        dw_ih = torch.bmm(gx.transpose(1, 2), x.reshape(M, T * B, -1))
+    if needs[4]:
+        dw_hh = torch.bmm(gh0.transpose(1, 2), h0)
+        if T > 1:
+            dw_hh = dw_hh.baddbmm_(gh[:, B:].transpose(1, 2), y[:, :T - 1].reshape(M, -1, K))
+    has_bias = has_bias and (needs[5] or needs[6])
     db_ih = gx.sum(1) if has_bias else None
     db_hh = (db_ih if dgh is dgx else gh.sum(1)) if has_bias else None
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None

@@ -140,3 +140,30 @@ def test_a_state_without_gradient_costs_no_gemm(table, mode, device):
         else:
             assert all(s.grad is None for s in hx)
     assert counts[True] == counts[False] + 1
+
+
+@pytest.mark.parametrize("table", ["layer", "cell"])
+@pytest.mark.parametrize("mode", ["lstm", "gru"])
+def test_a_frozen_layer_costs_no_weight_gemm(table, mode, device):
+    """Weights that need no gradient (a frozen encoder; the input gradient alone, as for
+    saliency) cost no weight-gradient GEMM: two for a layer's W_hh over T > 1 steps, one for a
+    cell's, one for W_ih. The input gradient is still right."""
+    ref, fast = twins(KINDS if table == "layer" else CELLS, mode, I, H, backend="triton",
+                      device=device)
+    x = torch.randn(*((T,) if table == "layer" else ()), B, I, dtype=torch.float64, device=device)
+
+    def call(m):
+        xi = x.clone().requires_grad_()
+        with _Gemms() as rec:
+            out = m(xi)
+            (out[0] if isinstance(out, tuple) else out).sum().backward()
+        return xi.grad, rec.count
+
+    call(fast)   # on CUDA: the graphs captured before counting
+    _, trained = call(fast)
+    for m in (ref, fast):
+        m.requires_grad_(False)
+    got, frozen = call(fast)
+    want, _ = call(ref)
+    torch.testing.assert_close(got, want)
+    assert frozen == trained - (3 if table == "layer" else 2)

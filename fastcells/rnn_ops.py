@@ -6,7 +6,8 @@ takes :class:`RNNStep`, the same kernels with a shorter host path (``recurrent_s
 
 * Eager calls take :class:`RNNLayer`, a ``torch.autograd.Function``: one autograd node, cached
   kernel launches, and ``vmap`` rules, so ``torch.func`` (grad, vmap, jacrev, reverse-mode
-  jacobians) runs through the kernels; there is no ``jvp`` rule (no forward mode, jacfwd).  A
+  jacobians) runs through the kernels; its ``jvp`` rule (forward mode: jvp, jacfwd,
+  ``torch.autograd.forward_ad``) takes the reference math's tangents.  A
   vmapped layer with shared weights is one batched launch (the vmapped dimension is folded into
   the batch); batched weights (an ensemble) run as stacked members of one layer call, forward
   and backward (every member in the same launches, ``kernels.recurrence``).
@@ -26,6 +27,7 @@ from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import reference
@@ -288,6 +290,8 @@ class RNNLayer(_Function):
         ctx.mode, ctx.batch_sizes = mode, batch_sizes
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m)
         ctx.in_transform = torch._C._are_functorch_transforms_active()
+        if ctx.in_transform or _forward_ad._current_level >= 0:   # forward mode may follow
+            ctx.save_for_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         ctx.mark_non_differentiable(*[t for t in (saved, m, None if cn is None else cs)
                                       if t is not None])
         # Outputs nobody differentiated (the gates, an unused c_n) give None, not a
@@ -313,6 +317,32 @@ class RNNLayer(_Function):
             ctx.mode, ctx.batch_sizes, ctx.needs_input_grad[1:9],
             (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (y, cs, saved, m), dy, dcn)
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr, None
+
+    @staticmethod
+    def jvp(ctx, _mode, *tangents):
+        """Forward mode (torch.func.jvp, jacfwd, torch.autograd.forward_ad): the reference
+        math's jvp at the saved inputs, the tangents of y and of the final cell state (correct,
+        not fast: the layer is recomputed)."""
+        primals = ctx.saved_tensors
+        present = [i for i, p in enumerate(primals) if p is not None]
+
+        def layer(*ins):
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = _placed(primals, ins)
+            y, _, cn = _reference_layer(ctx.mode, x, h0, c0,
+                                        LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
+                                        ctx.batch_sizes)
+            return (y, cn) if cn is not None else (y,)
+        # J t as the vjp of the (linear) pullback u -> J^T u: reverse mode only, so it also runs
+        # inside torch.autograd.forward_ad's dual level, which cannot nest another
+        outs, pullback = torch.func.vjp(layer, *[primals[i] for i in present])
+        _, pullback_of_pullback = torch.func.vjp(pullback, tuple(torch.zeros_like(o) for o in outs))
+        (out_t,) = pullback_of_pullback(tuple(
+            torch.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in present))
+        y_t = out_t[0]
+        cn_t = out_t[1] if len(out_t) > 1 else None
+        if cn_t is not None and y_t.shape[-3] == 1:   # one step: c_n is a view of cs
+            return y_t, cn_t.unsqueeze(-3), None, None, None
+        return y_t, None, None, None, cn_t
 
     @staticmethod
     def vmap(info, in_dims, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):
@@ -388,13 +418,15 @@ class RNNLayerBackward(_Function):
         dy, dcn = inputs[16:]
         ctx.mode, ctx.batch_sizes, ctx.groups = mode, batch_sizes, groups
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn)
+        if torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0:
+            ctx.save_for_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn)
+            ctx.out_present = [o is not None for o in output]
 
     @staticmethod
-    def backward(ctx, *ggrads):
-        """Second order under torch.func (plain autograd's create_graph=True takes the
-        reference path in RNNLayer.backward instead, which serves every order): the
-        first-order gradients as a function of the inputs, dy and dcn, written with
-        ``torch.func.vjp`` over the reference math, and their vjp against ``ggrads``."""
+    def _first_order(ctx):
+        """(the saved tensors present, their indices, how many are the layer's inputs, and
+        first_order(*them)): the first-order gradients of those inputs as a function of them,
+        dy and dcn, written with ``torch.func.vjp`` over the reference math."""
         if ctx.groups != 1:
             raise RuntimeError("fastcells: differentiating a vmapped layer's backward is not "
                                "supported (use the reference backend for that)")
@@ -416,8 +448,14 @@ class RNNLayerBackward(_Function):
                 return (y, cn) if dcn is not None else (y,)
             _, pullback = torch.func.vjp(layer, *args[:n_in])
             return pullback((dy, dcn.to(dy.dtype)) if dcn is not None else (dy,))
+        return [saved[i] for i in present], present, n_in, first_order
 
-        args = [saved[i] for i in present]
+    @staticmethod
+    def backward(ctx, *ggrads):
+        """Second order under torch.func (plain autograd's create_graph=True takes the
+        reference path in RNNLayer.backward instead, which serves every order): the vjp of
+        the first-order gradients (``_first_order``) against ``ggrads``."""
+        args, present, n_in, first_order = RNNLayerBackward._first_order(ctx)
         firsts, pullback = torch.func.vjp(first_order, *args)
         cot = [ggrads[i] if ggrads[i] is not None else torch.zeros_like(f)
                for i, f in zip(present[:n_in], firsts)]
@@ -426,6 +464,25 @@ class RNNLayerBackward(_Function):
         for i, g in zip(present, got):
             res[i] = g
         return (None, None, None, None, *res[:8], None, None, None, None, *res[8:])
+
+    @staticmethod
+    def jvp(ctx, _mode, _batch_sizes, _needs, _groups, *tangents):
+        """Forward mode over the gradients (jacfwd of jacrev: hessians): the jvp of
+        ``_first_order`` as the vjp of its (linear) pullback.  The tangents of the forward's
+        buffers (y, cs, saved, m) are not read: the reference math recomputes them from the
+        inputs, whose tangents carry theirs."""
+        args, present, n_in, first_order = RNNLayerBackward._first_order(ctx)
+        tangents = (*tangents[:8], *tangents[12:])   # x ... w_hr, then dy, dcn
+        firsts, pullback = torch.func.vjp(first_order, *args)
+        _, pullback_of_pullback = torch.func.vjp(pullback, tuple(torch.zeros_like(f)
+                                                                 for f in firsts))
+        (out_t,) = pullback_of_pullback(tuple(
+            torch.zeros_like(saved) if tangents[i] is None else tangents[i]
+            for i, saved in zip(present, args)))
+        res = [None] * 8
+        for i, t in zip(present[:n_in], out_t):
+            res[i] = t if ctx.out_present[i] else None
+        return tuple(res)
 
     @staticmethod
     def vmap(info, in_dims, mode, batch_sizes, needs, groups, x, h0, c0, w_ih, w_hh, b_ih,
@@ -576,7 +633,8 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
     cn = None
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         y, cs, _, _ = torch.ops.fastcells.rnn_layer(*args)
-    elif torch._C._are_functorch_transforms_active() or _needs_grad(args[1:9]):
+    elif (torch._C._are_functorch_transforms_active() or _needs_grad(args[1:9])
+          or _forward_ad._current_level >= 0):   # (inside forward_ad.dual_level: tangents)
         y, cs, _, _, cn = RNNLayer.apply(*args)
     else:  # inference (no_grad, or nothing requires grad): no autograd node to build
         y, cs, _, _ = _forward(*_live(args))
@@ -598,7 +656,7 @@ def recurrent_step(mode, x, h, c, weights):
     if w_hr is not None:
         raise ValueError("fastcells: a cell has no projection (w_hr must be None)")
     if (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
-            or torch.jit.is_tracing()):
+            or torch.jit.is_tracing() or _forward_ad._current_level >= 0):
         _, hn, cn = recurrent_layer(mode, x[None], h, c, weights)
         return hn, cn
     if _needs_grad((x, h, c, w_ih, w_hh, b_ih, b_hh)):

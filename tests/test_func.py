@@ -262,3 +262,37 @@ def test_jacrev_of_a_scalar_over_parameters(case, ensemble, device):
             return vmap(f, in_dims=(0, None))(_ensemble(m), x)
         return f(_params(m), x)
     _assert_same(run(fast), run(ref))
+
+
+def _flat_out(m, hx):
+    def f(x):
+        return torch.cat([t.flatten() for t in torch.utils._pytree.tree_leaves(m(x, hx))])
+    return f
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_mode(case, device):
+    """Forward mode through the kernels' Functions (their jvp rules: the reference math's, as
+    the vjp of its pullback): torch.func.jvp, jacfwd over the input and over the parameters,
+    torch.autograd.forward_ad's dual tensors, and a hessian as jacfwd of jacrev."""
+    import torch.autograd.forward_ad as fwAD
+    (fast, ref), x, _ = _case(case, device)
+    torch.manual_seed(5)
+    tx = torch.randn_like(x)
+    h = torch.randn((1, B, H) if case.startswith("layer") else (B, H), dtype=x.dtype,
+                    device=device)
+    hx = (h, 0.5 * h) if "lstm" in case else h
+    results = []
+    for m in (fast, ref):
+        f = _flat_out(m, hx)
+        got = list(torch.func.jvp(f, (x,), (tx,)))
+        got.append(torch.func.jacfwd(f)(x))
+        with fwAD.dual_level():
+            got.append(fwAD.unpack_dual(f(fwAD.make_dual(x, tx))).tangent)
+        params = _params(m)
+        got += torch.func.jacfwd(
+            lambda p: _flat_out(lambda *a: functional_call(m, p, a), hx)(x))(params).values()
+        got.append(torch.func.hessian(lambda x: f(x).square().sum())(x))
+        results.append(got)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, **TOL)

@@ -228,6 +228,24 @@ def _legacy_vmap(rule, args):
 _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
+def _forward_levels():
+    """How many forward-mode levels are active: torch.func's jvp transforms (each enters a
+    dual level of its own), else torch.autograd.forward_ad's dual level (which cannot nest)."""
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    from torch._C._functorch import TransformType
+    jvps = sum(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+    return jvps or int(_forward_ad._current_level >= 0)
+
+
+def _check_forward_order():
+    # torch does not pass an outer jvp level's tangents through a Function's own jvp rule:
+    # a second forward order would come out zero, silently
+    if _forward_levels() > 1:
+        raise RuntimeError("fastcells: nested forward mode (jvp of jvp, jacfwd of jacfwd or of a "
+                           "hessian) is not supported on the triton backend; use the "
+                           "reference backend, or reverse mode for the outer order")
+
+
 def _live(args):
     """``args`` with every dead torch.func wrapper (a tensor that escaped a transform, e.g. kept
     in a list inside ``grad``) unwrapped, as torch's ``Function.apply`` does: the kernels need
@@ -262,8 +280,9 @@ def _layer_backward(mode, batch_sizes, needs, inputs, buffers, dy, dcn):
             dy, dcn)
     if _legacy_batched(dy, dcn):
         return _legacy_vmap(RNNLayerBackward.vmap, args)
-    if torch._C._are_functorch_transforms_active():
-        return RNNLayerBackward.apply(*args)   # its vmap rule, its torch.func backward
+    if torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0:
+        # its vmap rule, its torch.func backward; its jvp rule (forward over reverse)
+        return RNNLayerBackward.apply(*args)
     # a plain backward records nothing: the Function around it would only cost time
     return _backward_of(args)
 
@@ -291,6 +310,7 @@ class RNNLayer(_Function):
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, y, cs, saved, m)
         ctx.in_transform = torch._C._are_functorch_transforms_active()
         if ctx.in_transform or _forward_ad._current_level >= 0:   # forward mode may follow
+            _check_forward_order()
             ctx.save_for_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
         ctx.mark_non_differentiable(*[t for t in (saved, m, None if cn is None else cs)
                                       if t is not None])
@@ -369,8 +389,9 @@ class RNNStep(_Function):
 
     The same kernels as a one-step :class:`RNNLayer`, with a shorter host path: the outputs are
     the cell's own (B, H) tensors (no time dimension to add and take off around the node), and
-    the gates the backward reads are saved, not returned.  It has no vmap rule: under torch.func,
-    torch.compile and tracing a cell is a one-step RNNLayer (``recurrent_step``)."""
+    the gates the backward reads are saved, not returned.  It has no vmap or jvp rule: under
+    torch.func, torch.compile, tracing and forward_ad a cell is a one-step RNNLayer
+    (``recurrent_step``)."""
 
     @staticmethod
     def forward(ctx, mode, x, h, c, w_ih, w_hh, b_ih, b_hh):
@@ -385,9 +406,10 @@ class RNNStep(_Function):
         x, h, c, w_ih, w_hh, b_ih, b_hh, hn, cn, saved = ctx.saved_tensors
         dy = torch.zeros_like(hn) if dh is None else dh   # only c' was used
         if (torch.is_grad_enabled() or _legacy_batched(dy, dc)
-                or torch._C._are_functorch_transforms_active()):
-            # create_graph, or a batched backward (jacobian(vectorize=True)): the one-step
-            # layer's way, with the time dimension
+                or torch._C._are_functorch_transforms_active()
+                or _forward_ad._current_level >= 0):
+            # create_graph, a batched backward (jacobian(vectorize=True)) or tangents (forward
+            # over reverse): the one-step layer's way, with the time dimension
             step = lambda t: None if t is None else t[None]  # noqa: E731
             grads = list(_layer_backward(ctx.mode, None, (*ctx.needs_input_grad[1:8], False),
                                          (step(x), h, c, w_ih, w_hh, b_ih, b_hh, None),
@@ -419,6 +441,7 @@ class RNNLayerBackward(_Function):
         ctx.mode, ctx.batch_sizes, ctx.groups = mode, batch_sizes, groups
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn)
         if torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0:
+            _check_forward_order()
             ctx.save_for_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, dy, dcn)
             ctx.out_present = [o is not None for o in output]
 
@@ -650,8 +673,9 @@ def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):
 
 def recurrent_step(mode, x, h, c, weights):
     """One step (a cell) on the fused kernels: x (B, I), h (B, K), c (B, H) or None; returns
-    (h', c' or None).  Plain eager calls take :class:`RNNStep`; torch.func, torch.compile and
-    tracing take the one-step layer (its vmap rules, its custom op)."""
+    (h', c' or None).  Plain eager calls take :class:`RNNStep`; torch.func, torch.compile,
+    tracing and forward_ad's dual level take the one-step layer (its vmap and jvp rules, its
+    custom op)."""
     w_ih, w_hh, b_ih, b_hh, w_hr = weights
     if w_hr is not None:
         raise ValueError("fastcells: a cell has no projection (w_hr must be None)")

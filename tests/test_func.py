@@ -296,3 +296,30 @@ def test_forward_mode(case, device):
         results.append(got)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("case", ["layer-lstm", "cell-gru"])
+def test_forward_over_reverse_in_a_dual_level(case, device):
+    """A plain backward inside torch.autograd.forward_ad's dual level (no create_graph) carries
+    the tangents through the backward's own jvp rule: a Hessian-vector product."""
+    import torch.autograd.forward_ad as fwAD
+    (fast, ref), x, _ = _case(case, device)
+    torch.manual_seed(6)
+    tx = torch.randn_like(x)
+    got = []
+    for m in (fast, ref):
+        with fwAD.dual_level():
+            xd = fwAD.make_dual(x.clone().requires_grad_(), tx)
+            (g,) = torch.autograd.grad(_out(m(xd)).square().sum(), xd)
+            got.append((fwAD.unpack_dual(g).primal, fwAD.unpack_dual(g).tangent))
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_nested_forward_mode_raises(device):
+    """torch passes an outer jvp level's tangents through no Function's jvp rule: a second
+    forward order would come out zero, so it raises instead."""
+    (fast, _), x, _ = _case("layer-gru", device)
+    u = torch.ones_like(x)
+    with pytest.raises(RuntimeError, match="nested forward mode"):
+        torch.func.jvp(lambda x: torch.func.jvp(lambda x: _out(fast(x)), (x,), (u,))[1], (x,), (u,))

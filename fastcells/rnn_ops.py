@@ -246,6 +246,17 @@ def _check_forward_order():
                            "reference backend, or reverse mode for the outer order")
 
 
+def _jvp_of(fn, primals, tangents):
+    """The tangents of ``fn``'s outputs at ``primals`` along ``tangents`` (None: zero), as the
+    vjp of its (linear) pullback u -> J^T u: reverse mode only, so it also runs inside
+    torch.autograd.forward_ad's dual level, which cannot nest another."""
+    outs, pullback = torch.func.vjp(fn, *primals)
+    _, pullback_of_pullback = torch.func.vjp(pullback, tuple(torch.zeros_like(o) for o in outs))
+    (out_t,) = pullback_of_pullback(tuple(torch.zeros_like(p) if t is None else t
+                                          for p, t in zip(primals, tangents)))
+    return out_t
+
+
 def _live(args):
     """``args`` with every dead torch.func wrapper (a tensor that escaped a transform, e.g. kept
     in a list inside ``grad``) unwrapped, as torch's ``Function.apply`` does: the kernels need
@@ -352,12 +363,7 @@ class RNNLayer(_Function):
                                         LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr),
                                         ctx.batch_sizes)
             return (y, cn) if cn is not None else (y,)
-        # J t as the vjp of the (linear) pullback u -> J^T u: reverse mode only, so it also runs
-        # inside torch.autograd.forward_ad's dual level, which cannot nest another
-        outs, pullback = torch.func.vjp(layer, *[primals[i] for i in present])
-        _, pullback_of_pullback = torch.func.vjp(pullback, tuple(torch.zeros_like(o) for o in outs))
-        (out_t,) = pullback_of_pullback(tuple(
-            torch.zeros_like(primals[i]) if tangents[i] is None else tangents[i] for i in present))
+        out_t = _jvp_of(layer, [primals[i] for i in present], [tangents[i] for i in present])
         y_t = out_t[0]
         cn_t = out_t[1] if len(out_t) > 1 else None
         if cn_t is not None and y_t.shape[-3] == 1:   # one step: c_n is a view of cs
@@ -496,12 +502,7 @@ class RNNLayerBackward(_Function):
         inputs, whose tangents carry theirs."""
         args, present, n_in, first_order = RNNLayerBackward._first_order(ctx)
         tangents = (*tangents[:8], *tangents[12:])   # x ... w_hr, then dy, dcn
-        firsts, pullback = torch.func.vjp(first_order, *args)
-        _, pullback_of_pullback = torch.func.vjp(pullback, tuple(torch.zeros_like(f)
-                                                                 for f in firsts))
-        (out_t,) = pullback_of_pullback(tuple(
-            torch.zeros_like(saved) if tangents[i] is None else tangents[i]
-            for i, saved in zip(present, args)))
+        out_t = _jvp_of(first_order, args, [tangents[i] for i in present])
         res = [None] * 8
         for i, t in zip(present[:n_in], out_t):
             res[i] = t if ctx.out_present[i] else None

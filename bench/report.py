@@ -1,13 +1,20 @@
 """The markdown table, the PNG plots and the short printed summary, all drawn from the rows of
 one JSON results file (never typed by hand).
 
-    python bench/report.py bench/results/2026-11-26_NVIDIA-H100-80GB-HBM3_quick.json [--summary]
+    python bench/report.py bench/results/<date>_<device>_quick.json [--summary]
 
-writes <stem>.md, <stem>_speedup.png, <stem>_floor.png and <stem>_clip.png beside the JSON
+writes <stem>.md, <stem>_ratio.png, <stem>_floor.png and <stem>_clip.png beside the JSON
 (``--out DIR`` elsewhere); ``--summary`` also prints the short table that gpu_check.sh ends with.
+
+Every ratio is fastcells' time over the other one's (``CONVENTION``): below 1.00 fastcells is
+faster.  Rows are published only when they record the clean commit that was measured: rows of a
+tree with uncommitted changes (``<hash>-dirty``) or of an unknown commit make the report refuse
+(``Unpublishable``), unless ``--allow-dirty REASON`` says what code they measured; the table
+and plots then carry that reason under a "not publishable" banner.
 """
 import argparse
 import json
+import re
 import sys
 import textwrap
 from collections import defaultdict
@@ -21,6 +28,8 @@ OP_ORDER = ("lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell", "clip")
 DTYPE_ORDER = ("fp32", "bf16", "fp16")
 SUBJECT = "fastcells"
 BASELINE = "native"
+CONVENTION = ("Ratios are fastcells time / baseline time: below 1.00 fastcells is faster, above "
+              "1.00 it is slower (x floor: fastcells time / the hardware floor).")
 
 
 def load(path):
@@ -73,9 +82,9 @@ class Comparison(NamedTuple):
     def get(self, impl):
         return self.rows.get(impl)
 
-    def speedup(self, baseline):
-        """fastcells' speed-up over ``baseline`` (an impl), or None."""
-        return speedup(self.get(baseline), self.get(SUBJECT))
+    def ratio(self, baseline):
+        """fastcells' time over ``baseline``'s (an impl; below 1: fastcells is faster), or None."""
+        return ratio(self.get(SUBJECT), self.get(baseline))
 
 
 def _index(seq, value):
@@ -107,11 +116,59 @@ def _ok(row):
     return row is not None and row.ms is not None
 
 
-def speedup(baseline, subject):
-    """baseline ms / subject ms (above 1: the subject is faster), or None."""
-    if _ok(baseline) and _ok(subject) and subject.ms > 0:
-        return baseline.ms / subject.ms
+def ratio(subject, baseline):
+    """subject ms / baseline ms (below 1: the subject is faster), or None."""
+    if _ok(subject) and _ok(baseline) and baseline.ms > 0:
+        return subject.ms / baseline.ms
     return None
+
+
+# ------------------------------------------------------------------------------ publishing
+_CLEAN_COMMIT = re.compile(r"[0-9a-f]{7,40}")
+
+
+class Unpublishable(ValueError):
+    """The rows record no clean commit, and no reason to draw them anyway was given."""
+
+
+def commits(meta, rows):
+    """The commits recorded by the rows (and the file's meta), sorted; None as 'unknown'."""
+    found = {str(r.get("commit") or "unknown") for r in rows}
+    if meta.get("commit") or not found:
+        found.add(str(meta.get("commit") or "unknown"))
+    return sorted(found)
+
+
+def commit_problem(meta, rows):
+    """Why these rows cannot be published as results (a sentence), or None when every row and
+    the meta record one and the same clean commit."""
+    recorded = commits(meta, rows)
+    bad = [c for c in recorded if not _CLEAN_COMMIT.fullmatch(c)]
+    if not bad:
+        return None
+    why = []
+    if any(c.endswith("-dirty") for c in bad):
+        why.append("a tree with uncommitted changes (`-dirty`), so no commit names the code "
+                   "measured")
+    if any(not c.endswith("-dirty") for c in bad):
+        why.append("no commit (`unknown`: a copied tree without `.git`; set FASTCELLS_COMMIT "
+                   "for such a run)")
+    return (f"the rows record commit {', '.join(f'`{c}`' for c in recorded)}: "
+            + "; ".join(why))
+
+
+def publish_check(meta, rows, allow_dirty=None):
+    """None for rows that may be published; for others the banner text (a reason was given in
+    ``allow_dirty``), else ``Unpublishable``."""
+    problem = commit_problem(meta, rows)
+    if problem is None:
+        return None
+    if not allow_dirty:
+        raise Unpublishable(
+            f"not publishable as results: {problem}. Measure on a clean checkout, or pass "
+            "--allow-dirty REASON (what code the rows measured) to draw them anyway, marked as "
+            "not publishable")
+    return f"**Not publishable as results**: {problem}. Drawn anyway because: {allow_dirty}"
 
 
 def _f(value, fmt="{:.3f}", none="—"):
@@ -161,8 +218,8 @@ def _field(title, name, fmt, none="—"):
 
 
 def _vs(bases):
-    """fastcells' speed-up over each of ``bases``."""
-    return [Column(f"vs {b}", lambda g, r, b=b: _f(g.speedup(b), "{:.2f}x", "")) for b in bases]
+    """fastcells' time over each of ``bases``' ('x native': below 1, fastcells is faster)."""
+    return [Column(f"x {b}", lambda g, r, b=b: _f(g.ratio(b), "{:.2f}", "")) for b in bases]
 
 
 MS = Column("ms", lambda g, r: _cell_ms(r))
@@ -182,9 +239,15 @@ def _bases(comparisons, impls):
 
 
 # --------------------------------------------------------------------------------- markdown
-def markdown(meta, rows):
+def markdown(meta, rows, allow_dirty=None):
+    """The markdown report of a results file; ``Unpublishable`` for rows without a clean commit
+    unless ``allow_dirty`` gives the reason to draw them (shown in a banner)."""
+    banner = publish_check(meta, rows, allow_dirty)
     comparisons, impls = group(rows)
     out = [f"# fastcells benchmarks: {meta.get('device', '?')}, {meta.get('date', '?')}", ""]
+    if banner:
+        out += [f"> {banner}", ""]
+    out += [CONVENTION, ""]
     hw = meta.get("hardware") or {}
     out.append(f"torch {meta.get('torch')}, triton {meta.get('triton')}, CUDA {meta.get('cuda')}, "
                f"cuDNN {meta.get('cudnn')}; commit `{meta.get('commit')}`; plan `{meta.get('mode')}`; "
@@ -213,15 +276,15 @@ def markdown(meta, rows):
     clip = [g for g in comparisons if g.op == "clip"]
     if _subject_items(net):
         out += ["## fastcells against the baselines", "",
-                "Speed-up = baseline ms / fastcells ms (above 1: fastcells is faster); "
+                "x native = fastcells ms / native ms (below 1: fastcells is faster); "
                 "x floor = fastcells ms / floor ms.", ""]
         out += table(_key("op", "case", "dtype", "pass") + [
             MS._replace(title="fastcells ms"), FLOOR_MS, X_FLOOR] + _vs(_bases(net, impls))
             + [PEAK], _subject_items(net)) + [""]
     if clip:
         vs_col = SUBJECT in impls
-        vs = Column("vs fastcells", lambda g, r: "" if r.impl == SUBJECT else
-                    _f(speedup(r, g.get(SUBJECT)), "{:.2f}x", ""))
+        vs = Column("fastcells / this", lambda g, r: "" if r.impl == SUBJECT else
+                    _f(ratio(g.get(SUBJECT), r), "{:.2f}", ""))
         out += ["## Clip-by-global-norm", "",
                 ("Device time (do_bench) and host time (the Python call, not synchronised) per "
                  "call; " if meta.get("timer") == "do_bench" else
@@ -256,12 +319,15 @@ def markdown(meta, rows):
 
 
 # ------------------------------------------------------------------------------------ plots
-def plots(meta, rows, stem):
+def plots(meta, rows, stem, allow_dirty=None):
     """Draw the PNGs (when matplotlib is there); returns the paths written.
 
-    ``_speedup.png``: fastcells' speed-up over native (cuDNN for layers, ATen's cell for cells)
-    per op and pass, one bar per shape and dtype.  ``_floor.png``: every implementation's time
-    over the floor, fwd+bwd, per op and dtype.  ``_clip.png``: clip device and host time."""
+    ``_ratio.png``: fastcells' time over native's (cuDNN for layers, ATen's cell for cells; below
+    1: fastcells is faster) per op and pass, one bar per shape and dtype.  ``_floor.png``: every
+    implementation's time over the floor, fwd+bwd, per op and dtype.  ``_clip.png``: clip device
+    and host time.  Rows without a clean commit as in ``markdown``: refused, or titled as not
+    publishable."""
+    banner = publish_check(meta, rows, allow_dirty)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -272,19 +338,22 @@ def plots(meta, rows, stem):
     net = [g for g in comparisons if g.op != "clip"]
     clip = [g for g in comparisons if g.op == "clip"]
     where = f"{meta.get('device', '?')}, {str(meta.get('date', '?'))[:10]}"
+    if banner:
+        where += " — not publishable: the rows record no clean commit (see the .md)"
     written = []
-    if any(g.speedup(BASELINE) for g in net):
+    if any(g.ratio(BASELINE) for g in net):
         base = "cuDNN / ATen cell" if meta.get("timer") == "do_bench" else "torch"
-        path = Path(f"{stem}_speedup.png")
-        _grid(plt, net, "pass_", "dtype", lambda g: g.speedup(BASELINE),
-              f"fastcells speed-up over {BASELINE} ({base}); above 1: fastcells is faster — {where}",
-              path, labels=True)
+        path = Path(f"{stem}_ratio.png")
+        _grid(plt, net, "pass_", "dtype", lambda g: g.ratio(BASELINE),
+              f"fastcells time / {BASELINE} time ({base}); below 1: fastcells is faster — {where}",
+              path, labels=True, ylabel=f"fastcells / {BASELINE}")
         written.append(path)
     training = [g for g in net if g.pass_ == "fwd+bwd"]
     if training:
         path = Path(f"{stem}_floor.png")
         _grid(plt, training, "dtype", "impl", lambda r: r.floor_ratio if _ok(r) else None,
-              f"fwd+bwd time / hardware floor (1: at the floor) — {where}", path)
+              f"fwd+bwd time / hardware floor (1: at the floor) — {where}", path,
+              ylabel="time / floor")
         written.append(path)
     if clip:
         path = Path(f"{stem}_clip.png")
@@ -333,7 +402,7 @@ def _bars(ax, labels, series, ylabel, from_one=False, value_labels=False):
         ax.legend(fontsize=6)
 
 
-def _grid(plt, comparisons, col_by, bar_by, value, title, path, labels=False):
+def _grid(plt, comparisons, col_by, bar_by, value, title, path, labels=False, ylabel="ratio"):
     """Subplots: a row per op, a column per ``col_by`` ('pass_' or 'dtype'); in each, x = case
     and one bar per ``bar_by`` ('dtype': value(Comparison), or 'impl': value(Row))."""
     ops = _order({g.op for g in comparisons}, OP_ORDER)
@@ -363,7 +432,7 @@ def _grid(plt, comparisons, col_by, bar_by, value, title, path, labels=False):
                         vals.append(value(g.rows[name]) if g and name in g.rows else None)
                 if any(vals):
                     series[name] = vals
-            _bars(axes[r][c], cases, series, "ratio", from_one=True, value_labels=labels)
+            _bars(axes[r][c], cases, series, ylabel, from_one=True, value_labels=labels)
             axes[r][c].set_title(f"{op} {col}", fontsize=9)
     _title(fig, title)
     fig.tight_layout(rect=(0, 0, 1, 0.96 if len(ops) > 1 else 0.88))
@@ -394,8 +463,9 @@ def _clip_plot(plt, comparisons, impls, title, path):
 
 # ---------------------------------------------------------------------------------- summary
 def summary(meta, rows, max_errors=10):
-    """A short text table: every comparison's median ms per impl and fastcells' speed-up over
-    native, then the errors and what was not timed."""
+    """A short text table: every comparison's median ms per impl and fastcells' time over
+    native's, then the errors and what was not timed.  A look, not a publication: rows without
+    a clean commit are shown, under a line that says so."""
     comparisons, impls = group(rows)
 
     def ms_host(impl):   # median ms, and the host time where it differs (clip)
@@ -408,11 +478,15 @@ def summary(meta, rows, max_errors=10):
 
     columns = _key("op", "case", "dtype", "pass") + [ms_host(i) for i in impls]
     if SUBJECT in impls and BASELINE in impls:
-        columns += [Column("fc/native", lambda g, r: _f(g.speedup(BASELINE), "{:.2f}x", "")),
+        columns += [Column("fc/native", lambda g, r: _f(g.ratio(BASELINE), "{:.2f}", "")),
                     _field("fc xfloor", "floor_ratio", "{:.1f}", "")]
     text = [f"fastcells benchmark ({meta.get('mode')}): {meta.get('device')}, {meta.get('date')}, "
             f"torch {meta.get('torch')}, triton {meta.get('triton')}, commit {meta.get('commit')}",
-            "median ms per call (clip: device/host 'h'); fc/native = fastcells speed-up over native"]
+            "median ms per call (clip: device/host 'h'); fc/native = fastcells time / native "
+            "time (below 1: fastcells is faster)"]
+    problem = commit_problem(meta, rows)
+    if problem:
+        text.insert(1, f"NOT PUBLISHABLE: {problem}")
     text += table(columns, [(g, g.get(SUBJECT)) for g in comparisons], markdown=False)
     errors = _errors(rows)
     if errors:
@@ -444,19 +518,20 @@ def newest_gpu_result(results_dir):
     return max(found)[1] if found else None
 
 
-def readme_section(json_path, link_base="bench/results", passes=("fwd", "fwd+bwd")):
+def readme_section(json_path, link_base="bench/results", passes=("fwd", "fwd+bwd"),
+                   allow_dirty=None):
     """A results section for the top-level README, built from one GPU results file: fastcells'
-    speed-up over each baseline and its distance from the floor (``passes`` of the layers and
-    cells; every clip row), naming the GPU and date."""
+    time over each baseline's and over the floor (``passes`` of the layers and cells; every
+    clip row), naming the GPU and date.  Rows without a clean commit as in ``markdown``."""
     meta, rows = load(json_path)
+    banner = publish_check(meta, rows, allow_dirty)
     comparisons, impls = group(rows)
     name = Path(json_path).stem
-    out = [f"Measured on {meta.get('device')}, {str(meta.get('date'))[:10]} (torch "
-           f"{meta.get('torch')}, triton {meta.get('triton')}, commit `{str(meta.get('commit'))[:12]}`, "
-           f"plan `{meta.get('mode')}`): rows in [`{name}.json`]({link_base}/{name}.json), every "
-           f"pass in [`{name}.md`]({link_base}/{name}.md), plots `{name}_*.png`. Speed-up = "
-           "baseline time / fastcells time (above 1: fastcells is faster); x floor = fastcells "
-           "time / the hardware floor measured in the same run.", ""]
+    out = [f"> {banner}", ""] if banner else []
+    out += [f"Measured on {meta.get('device')}, {str(meta.get('date'))[:10]} (torch "
+            f"{meta.get('torch')}, triton {meta.get('triton')}, plan `{meta.get('mode')}`): rows "
+            f"in [`{name}.json`]({link_base}/{name}.json), every pass in "
+            f"[`{name}.md`]({link_base}/{name}.md), plots `{name}_*.png`. " + CONVENTION, ""]
     timed = [g for g in comparisons if _ok(g.get(SUBJECT))]
     net = [g for g in timed if g.op != "clip" and g.pass_ in passes]
     if net:
@@ -464,12 +539,12 @@ def readme_section(json_path, link_base="bench/results", passes=("fwd", "fwd+bwd
                      X_FLOOR] + _vs(_bases(net, impls)), _subject_items(net)) + [""]
     clip = [g for g in timed if g.op == "clip"]
     if clip:
-        def vs(b):   # device and host speed-up
+        def vs(b):   # fastcells' device and host time over b's
             def text(g, s):
                 r = g.get(b)
-                host = (r.host_ms / s.host_ms if _ok(r) and r.host_ms and s.host_ms else None)
-                return f"{_f(speedup(r, s), '{:.2f}x', '')} / {_f(host, '{:.2f}x', '')}"
-            return Column(f"vs {b} (device / host)", text)
+                host = (s.host_ms / r.host_ms if _ok(r) and r.host_ms and s.host_ms else None)
+                return f"{_f(ratio(s, r), '{:.2f}', '')} / {_f(host, '{:.2f}', '')}"
+            return Column(f"x {b} (device / host)", text)
 
         out += table(_key("case", title="clip") + _key("dtype") + [
             MS._replace(title="fastcells device ms"), _field("host ms", "host_ms", "{:.3g}"),
@@ -477,15 +552,18 @@ def readme_section(json_path, link_base="bench/results", passes=("fwd", "fwd+bwd
     return "\n".join(out)
 
 
-def write(json_path, out_dir=None):
-    """Write the markdown table and the plots of ``json_path``; returns the paths written."""
+def write(json_path, out_dir=None, allow_dirty=None):
+    """Write the markdown table and the plots of ``json_path``; returns the paths written.
+    Rows without a clean commit raise ``Unpublishable`` before anything is written, unless
+    ``allow_dirty`` gives the reason to draw them (see ``markdown``)."""
     json_path = Path(json_path)
     meta, rows = load(json_path)
+    publish_check(meta, rows, allow_dirty)
     stem = (Path(out_dir) if out_dir else json_path.parent) / json_path.stem
     stem.parent.mkdir(parents=True, exist_ok=True)
     md = Path(f"{stem}.md")
-    md.write_text(markdown(meta, rows) + "\n", encoding="utf-8")
-    return [md] + plots(meta, rows, stem)
+    md.write_text(markdown(meta, rows, allow_dirty) + "\n", encoding="utf-8")
+    return [md] + plots(meta, rows, stem, allow_dirty)
 
 
 def main(argv=None):
@@ -497,19 +575,26 @@ def main(argv=None):
     p.add_argument("--no-write", action="store_true", help="write no table or plots")
     p.add_argument("--readme", action="store_true",
                    help="print the README's results section, built from the newest GPU result")
+    p.add_argument("--allow-dirty", metavar="REASON",
+                   help="draw rows that record no clean commit (a -dirty or unknown one) anyway, "
+                   "under a 'not publishable' banner giving REASON (say what code they measured)")
     args = p.parse_args(argv)
-    if args.readme:
-        path = Path(args.json)
-        if path.is_dir():
-            path = newest_gpu_result(path)
-            if path is None:
-                print(f"no GPU results in {args.json}", file=sys.stderr)
-                return 1
-        print(readme_section(path))
-        return 0
-    if not args.no_write:
-        for path in write(args.json, args.out):
-            print(f"wrote {path}")
+    try:
+        if args.readme:
+            path = Path(args.json)
+            if path.is_dir():
+                path = newest_gpu_result(path)
+                if path is None:
+                    print(f"no GPU results in {args.json}", file=sys.stderr)
+                    return 1
+            print(readme_section(path, allow_dirty=args.allow_dirty))
+            return 0
+        if not args.no_write:
+            for path in write(args.json, args.out, args.allow_dirty):
+                print(f"wrote {path}")
+    except Unpublishable as e:
+        print(f"{args.json}: {e}", file=sys.stderr)
+        return 2
     if args.summary:
         meta, rows = load(args.json)
         print(summary(meta, rows))

@@ -21,6 +21,13 @@ HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None   # plots ne
 QUIET = dict(log=lambda line: None, floors_kw=run.SMOKE_FLOORS)
 
 
+@pytest.fixture
+def clean_commit(monkeypatch):
+    """Rows record a clean commit, as on a clean checkout (the report refuses -dirty rows)."""
+    from bench import env
+    monkeypatch.setattr(env, "git_commit", lambda: "0123456789abcdef0123456789abcdef01234567")
+
+
 def check_rows(rows):
     assert rows
     for r in rows:
@@ -42,7 +49,7 @@ def check_rows(rows):
         datetime.datetime.strptime(r["date"], "%Y-%m-%dT%H:%M:%SZ")
 
 
-def test_cli_writes_rows_table_and_plots(tmp_path, capsys):
+def test_cli_writes_rows_table_and_plots(tmp_path, capsys, clean_commit):
     impls = "native,cell_loop,reference,torch_foreach,torch_loop"
     assert run.main(["--smoke", "--out", str(tmp_path), "--impls", impls]) == 0
     (json_path,) = tmp_path.glob("*_smoke.json")
@@ -61,7 +68,7 @@ def test_cli_writes_rows_table_and_plots(tmp_path, capsys):
     assert "fastcells benchmark" in report.summary(meta, rows)
 
 
-def test_fastcells_rows_and_their_report(tmp_path):
+def test_fastcells_rows_and_their_report(tmp_path, clean_commit):
     """fastcells against its baselines (on CPU through Triton's interpreter: the wiring, not a
     speed), and the comparison table and speed-up plot drawn from those rows."""
     jobs = [Job(LayerCase("lstm", "tiny", T=3, B=2, I=5, H=7), ("fp32",), ("fastcells", "native")),
@@ -76,7 +83,7 @@ def test_fastcells_rows_and_their_report(tmp_path):
     run.write_json(path, meta, rows)
     written = report.write(path)
     if HAS_MATPLOTLIB:
-        assert Path(f"{tmp_path / 'rows'}_speedup.png") in written
+        assert Path(f"{tmp_path / 'rows'}_ratio.png") in written
     text = (tmp_path / "rows.md").read_text()
     assert "## fastcells against the baselines" in text and "| lstm | tiny | fp32 | fwd |" in text
 

@@ -39,7 +39,7 @@ import types
 import warnings
 
 import torch
-import torch.nn.utils as _tnu
+from torch.nn.utils import clip_grad as _torch_clip_grad
 
 from .backend import _check_name, default_backend, resolve
 from . import clip_dtensor as _dt
@@ -56,6 +56,14 @@ except ImportError:  # pragma: no cover - older torch
         return device.type in ("cpu", "cuda")
 
 __all__ = ["clip_grad_norm_", "clip_grads_with_norm_", "get_total_norm"]
+
+# The native backend: torch's own functions, bound once here from the module that defines them,
+# so a user who patches torch with fastcells' (``torch.nn.utils.clip_grad_norm_ =
+# fastcells.clip_grad_norm_``, or the same in ``torch.nn.utils.clip_grad``) gets fastcells, and
+# fastcells' native path still calls torch's original instead of itself.
+_torch_get_total_norm = _torch_clip_grad._get_total_norm
+_torch_clip_grads_with_norm_ = _torch_clip_grad._clip_grads_with_norm_
+_torch_clip_grad_norm_ = _torch_clip_grad.clip_grad_norm_
 
 # -------------------------------------------------------------------------------- the checks
 def _check_foreach(foreach, tensors):
@@ -151,7 +159,7 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
             return _dt.get_total_norm(view, norm_type, bool(error_if_nonfinite))
         be = _backend(name, tensors)
         if be == "native":
-            return _tnu.get_total_norm(tensors, norm_type, error_if_nonfinite, foreach)
+            return _torch_get_total_norm(tensors, norm_type, error_if_nonfinite, foreach)
         _check_foreach(foreach, tensors)
         if be == "triton":     # the check, if asked, inside the op
             return _ops.clip_total_norm(tensors, norm_type, bool(error_if_nonfinite))
@@ -194,7 +202,7 @@ def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None, *, bac
         if be != "native" and not plain_total:
             be = "native"     # an unusual total_norm: torch's own arithmetic and errors
         if be == "native":
-            return _tnu.clip_grads_with_norm_(params, max_norm, total_norm, foreach)
+            return _torch_clip_grads_with_norm_(params, max_norm, total_norm, foreach)
         _check_foreach(foreach, grads)
         if be == "triton":     # the op checks the grads are writable before touching any
             _ops.clip_scale_by_norm_(grads, max_norm, total_norm.to(grads[0].device))
@@ -241,7 +249,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
                                        bool(error_if_nonfinite))
         be = _backend(name, grads)
         if be == "native":
-            return _tnu.clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
+            return _torch_clip_grad_norm_(parameters, max_norm, norm_type, error_if_nonfinite, foreach)
         if be == "reference":
             total = get_total_norm(grads, norm_type, error_if_nonfinite, foreach, backend=be)
             clip_grads_with_norm_(parameters, max_norm, total, foreach, backend=be)

@@ -359,9 +359,9 @@ def test_backend_choice(backend, monkeypatch, device):
     torch's own function, reference neither; auto is triton on CUDA, native otherwise."""
     calls = []
     kclip.clear_cache()                  # a cached plan would skip the (patched) builder
-    plan, native = kclip.plan, torch.nn.utils.clip_grad_norm_
+    plan, native = kclip.plan, fastcells.clip._torch_clip_grad_norm_   # torch's, bound at import
     monkeypatch.setattr(kclip, "plan", lambda *a, **k: calls.append("triton") or plan(*a, **k))
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_",
+    monkeypatch.setattr(fastcells.clip, "_torch_clip_grad_norm_",
                         lambda *a, **k: calls.append("native") or native(*a, **k))
     params = make_params(CASES["fp32-odd"], device)
     with fastcells.use_backend(backend):

@@ -1,7 +1,8 @@
 """Drop-in subclasses of torch.nn.LSTM/GRU/RNN and their cells.
 
-Only ``forward`` changes (plus an optional ``backend=``): parameters, ``state_dict``, ``repr``
-and hooks stay torch's.  Backend 'native' is exactly torch's own forward.
+Only ``forward`` changes (plus an optional ``backend=``): parameters, ``state_dict`` and hooks
+stay torch's; ``repr`` is torch's with the class named ``fastcells.LSTM`` (etc.).  Backend
+'native' is exactly torch's own forward.
 """
 import copy
 import weakref
@@ -63,6 +64,85 @@ def _fx_tracing(input, hx, _proxy=torch.fx.Proxy):
     return isinstance(hx, (tuple, list)) and any(isinstance(v, _proxy) for v in hx)
 
 
+_BACKENDS_DOC = """
+    ``backend`` (keyword only, the one argument torch's has not) picks what runs:
+
+    * ``None`` (the default): the innermost ``fastcells.use_backend(...)``, else the
+      ``FASTCELLS_BACKEND`` environment variable, else ``'auto'``;
+    * ``'auto'``: the fused Triton kernels on CUDA tensors; on CPU tensors torch's own forward
+      (the kernels torch.nn runs there), and under ``torch.compile`` fastcells' reference math,
+      which compiles without a graph break;
+    * ``'triton'``: the kernels; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
+      interpreter: slow, for tests), else a RuntimeError that says so;
+    * ``'reference'``: the plain-PyTorch math of :mod:`fastcells.reference`;
+    * ``'native'``: exactly torch's own forward, eager and under ``torch.compile``.
+"""
+
+_LIMITS_DOC = """
+    A differentiable backward (``create_graph=True``) and forward-mode tangents are computed
+    through the reference math (correct, not fast).  ``torch.jit.script`` scripts torch's own
+    {torch_name} on the same Parameters (the kernels are Python).  ``repr`` names the class
+    ``fastcells.{name}``.  Other limits: docs/limits.md in the repository.
+"""
+
+
+def _layer_doc(name, what="", more=""):
+    return f"""Drop-in for :class:`torch.nn.{name}`{what} on fastcells' fused Triton kernels.
+
+    The same constructor arguments, parameters, ``state_dict`` and forward (input, optional
+    ``hx``, unbatched input, ``PackedSequence`` in and out) as torch's: see
+    ``help(torch.nn.{name})``.  A ``torch.nn.{name}``'s ``state_dict`` loads into it and back,
+    and ``fastcells.convert(model)`` swaps torch's modules for these on the same Parameters.
+{_BACKENDS_DOC}
+    On CUDA the input projection is one GEMM over every step, each time step one fused kernel
+    (the recurrent matmul, the biases, the gates, the state update), and a padded call of two
+    or more steps replays a cached CUDA graph (``FASTCELLS_CUDA_GRAPHS=0`` turns graphs off;
+    their static buffers hold more memory than cuDNN uses).  Packed batches launch step by
+    step, without graphs, and are slower than cuDNN's packed path.{more}
+{_LIMITS_DOC.format(torch_name=name, name=name)}"""
+
+
+def _cell_doc(name, layer):
+    return f"""Drop-in for :class:`torch.nn.{name}`: one time step on a fused Triton kernel.
+
+    The same constructor arguments, parameters, ``state_dict`` and forward (input, optional
+    state, unbatched input) as torch's: see ``help(torch.nn.{name})``.
+{_BACKENDS_DOC}
+    On CUDA a step is one fused launch forward (both matmuls, the biases, the gates and the
+    state update) and one launch plus the gradient GEMMs backward.  A single step is bound by
+    host time, and on a GPU it can be slower than torch's own fused cell
+    (docs/performance.md); for a whole sequence use one :class:`fastcells.{layer}` call (one
+    input GEMM for every step, the steps replayed as a CUDA graph).
+{_LIMITS_DOC.format(torch_name=name, name=name)}"""
+
+
+def _signature(torch_init, drop=("self", "mode"), add=()):
+    """torch's constructor arguments (those of ``torch_init`` less ``drop``; ``add``: (name,
+    default, after) to put in) and fastcells' keyword-only ``backend``."""
+    import inspect
+    params = [p for n, p in inspect.signature(torch_init).parameters.items() if n not in drop]
+    for name, default, after in add:
+        i = next(i for i, p in enumerate(params) if p.name == after) + 1
+        params.insert(i, inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                           default=default))
+    backend = inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default=None)
+    return inspect.Signature(params + [backend])
+
+
+class _ClassSignature:
+    """``cls.__signature__``, what ``help(cls)`` and ``inspect.signature(cls)`` show: torch's
+    constructor arguments plus ``backend`` (torch's LSTM, GRU and RNN declare only ``*args,
+    **kwargs``).  An instance has none, so ``inspect.signature(module)`` is still forward's."""
+
+    def __init__(self, make):
+        self._make = make
+
+    def __get__(self, obj, cls=None):
+        if obj is not None:
+            raise AttributeError("__signature__")
+        return self._make()
+
+
 class _Backend:
     def _torch_class(self):
         # torch's own class (a parametrized module's class is made in torch.nn.utils: skip it)
@@ -101,6 +181,10 @@ class _Backend:
     def extra_repr(self):
         s = super().extra_repr()
         return s if self.backend is None else f"{s}, backend={self.backend!r}"
+
+    def __repr__(self):
+        # torch's repr with the class named as fastcells': "fastcells.LSTM(3, 5)"
+        return "fastcells." + super().__repr__()
 
 
 class _RecurrentNet(_Backend):
@@ -189,15 +273,22 @@ class _RecurrentNet(_Backend):
 
 
 class LSTM(_RecurrentNet, nn.LSTM):
-    """Drop-in for :class:`torch.nn.LSTM` on fastcells' kernels; extra keyword ``backend``."""
+    __doc__ = _layer_doc("LSTM", more="\n    With ``proj_size > 0`` a layer launches step by "
+                         "step too (the projection is a torch\n    matmul per step).")
+    __signature__ = _ClassSignature(lambda: _signature(nn.RNNBase.__init__))
 
 
 class GRU(_RecurrentNet, nn.GRU):
-    """Drop-in for :class:`torch.nn.GRU` on fastcells' kernels; extra keyword ``backend``."""
+    __doc__ = _layer_doc("GRU")
+    __signature__ = _ClassSignature(
+        lambda: _signature(nn.RNNBase.__init__, drop=("self", "mode", "proj_size")))
 
 
 class RNN(_RecurrentNet, nn.RNN):
-    """Drop-in for :class:`torch.nn.RNN` (tanh or relu) on fastcells' kernels."""
+    __doc__ = _layer_doc("RNN", " (tanh or relu)")
+    __signature__ = _ClassSignature(
+        lambda: _signature(nn.RNNBase.__init__, drop=("self", "mode", "proj_size"),
+                           add=(("nonlinearity", "tanh", "num_layers"),)))
 
 
 # ---------------------------------------------------------------------------------- cells
@@ -290,17 +381,20 @@ class _Cell(_Backend):
 
 
 class LSTMCell(_Cell, nn.LSTMCell):
-    """Drop-in for :class:`torch.nn.LSTMCell`; extra keyword ``backend``."""
+    __doc__ = _cell_doc("LSTMCell", "LSTM")
+    __signature__ = _ClassSignature(lambda: _signature(nn.LSTMCell.__init__, drop=("self",)))
     _mode, _n_states = "lstm", 2
 
 
 class GRUCell(_Cell, nn.GRUCell):
-    """Drop-in for :class:`torch.nn.GRUCell`; extra keyword ``backend``."""
+    __doc__ = _cell_doc("GRUCell", "GRU")
+    __signature__ = _ClassSignature(lambda: _signature(nn.GRUCell.__init__, drop=("self",)))
     _mode, _n_states = "gru", 1
 
 
 class RNNCell(_Cell, nn.RNNCell):
-    """Drop-in for :class:`torch.nn.RNNCell` (tanh or relu); extra keyword ``backend``."""
+    __doc__ = _cell_doc("RNNCell", "RNN")
+    __signature__ = _ClassSignature(lambda: _signature(nn.RNNCell.__init__, drop=("self",)))
     _n_states = 1
 
     @property

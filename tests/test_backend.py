@@ -81,7 +81,7 @@ def test_native_is_torch_forward():
 
 def test_repr_names_backend():
     assert "backend='triton'" in repr(fastcells.LSTM(3, 4, backend="triton"))
-    assert repr(fastcells.LSTM(3, 4)) == repr(torch.nn.LSTM(3, 4))
+    assert repr(fastcells.LSTM(3, 4)) == "fastcells." + repr(torch.nn.LSTM(3, 4))
 
 
 def test_use_backend_is_per_asyncio_task_and_per_thread(monkeypatch):

@@ -15,9 +15,10 @@ setup(
     # older, since fastcells/_dynamo_support.py patches Dynamo internals that move between releases.
     install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
     extras_require={
-        # pytest-xdist: the README's test command runs two workers (the interpreter is one
-        # process per core; CI's 2 cores take half the time)
-        "test": ["pytest>=7", "pytest-xdist>=3"],
+        # exactly what `python -m pytest tests -q -n 2` needs: pytest-xdist for -n 2;
+        # matplotlib for test_demo (the demo writes its plot); numpy<2.4 for Triton 3.6's
+        # interpreter, which runs the kernels on machines without a GPU
+        "test": ["pytest>=7", "pytest-xdist>=3", "matplotlib>=3.5", "numpy<2.4"],
         "bench": ["pytest-benchmark>=4", "matplotlib>=3.5"],
         "demo": ["matplotlib>=3.5"],
     },

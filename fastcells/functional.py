@@ -9,7 +9,7 @@ backend supplies only the single-layer, single-direction primitive, everything a
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from . import onnx_export, reference
 from .backend import resolve
 from .rnn_ops import directions_fused, recurrent_layer, recurrent_step
 from .weights import LayerWeights
@@ -78,6 +78,12 @@ def _reverse(x, rev):
     return torch.gather(x, 0, rev[:, :, None].expand_as(x))
 
 
+def _route(backend, tensor):
+    """The resolved backend of a functional call: 'native' (torch's ops, which export to ONNX's
+    own RNN operators) while torch.onnx.export runs, whatever ``backend`` says."""
+    return "native" if onnx_export.exporting() else resolve(backend, tensor)
+
+
 # ------------------------------------------------------------------------------------ the net
 def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, training=False,
         bidirectional=False, batch_first=False, batch_sizes=None, proj_size=0, backend=None):
@@ -87,7 +93,7 @@ def rnn(mode, input, hx, weights, *, num_layers=1, bias=True, dropout=0.0, train
     with its ``batch_sizes``; hx: h0 (L*D, B, K) or (h0, c0) for the LSTM; weights: the
     module's ``_flat_weights`` order.  Returns (output, h_n) or (output, (h_n, c_n))."""
     _check_mode(mode)
-    return rnn_on(resolve(backend, input), mode, input, hx, weights, num_layers, bias, dropout,
+    return rnn_on(_route(backend, input), mode, input, hx, weights, num_layers, bias, dropout,
                   training, bidirectional, batch_first, batch_sizes, proj_size)
 
 
@@ -177,7 +183,7 @@ def _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training, b
 
 # ---------------------------------------------------------------------------------- the cells
 def _cell(mode, input, h, c, w_ih, w_hh, b_ih, b_hh, backend):
-    return cell_on(resolve(backend, input), mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
+    return cell_on(_route(backend, input), mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
 def cell_on(be, mode, input, h, c, w_ih, w_hh, b_ih=None, b_hh=None):

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _dynamo_support, functional
+from . import _dynamo_support, functional, onnx_export
 from .backend import _check_name, resolve
 
 
@@ -191,6 +191,8 @@ class _RecurrentNet(_Backend):
     """forward() of the multi-layer modules, mirroring torch's argument handling."""
 
     def forward(self, input, hx=None):
+        if onnx_export.exporting():  # torch.onnx.export: torch's forward, ONNX's own RNN ops
+            return super().forward(input, hx)
         if _fx_tracing(input, hx):
             return self._fx_leaf_call(input, hx)
         data = input.data if isinstance(input, PackedSequence) else input
@@ -329,6 +331,8 @@ def _plain_cell_args(input, hx, n_states, dtype, input_size, hidden_size):
 
 class _Cell(_Backend):
     def forward(self, input, hx=None):
+        if onnx_export.exporting():  # torch.onnx.export: torch's forward, as torch.nn's exports
+            return super().forward(input, hx)
         w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
         if _plain_cell_args(input, hx, self._n_states, w_ih.dtype, self.input_size,
                             self.hidden_size):

@@ -4,10 +4,18 @@
 ``triton``    the fused Triton kernels (CPU tensors only under TRITON_INTERPRET=1)
 ``reference`` the plain-PyTorch math in :mod:`fastcells.reference`
 ``native``    torch's own ops (cuDNN/oneDNN RNNs, torch.nn.utils.clip_grad_norm_)
+
+Under ``torch.compile`` (and ``torch.export``), ``auto`` on CPU tensors is ``reference``: the
+plain-PyTorch math, which Dynamo traces and Inductor compiles without a graph break (torch's own
+CPU RNN kernels are opaque to Dynamo, which graph-breaks at torch.nn's RNN modules).  An explicit
+``native`` compiles exactly as torch.nn's module does.
 """
 import contextlib
 import contextvars
 import os
+import threading
+
+import torch
 
 
 BACKENDS = ("auto", "triton", "reference", "native")
@@ -15,6 +23,11 @@ ENV_VAR = "FASTCELLS_BACKEND"
 
 # The innermost use_backend(): a ContextVar, so each thread and each asyncio task sees its own.
 _current = contextvars.ContextVar("fastcells_backend", default=None)
+# The same name per thread, for code that torch.compile traces: Dynamo cannot read a ContextVar,
+# but it reads a thread-local's attribute and guards on its value (a compiled function retraces
+# when the backend in force changes).  use_backend() keeps both.
+_traced = threading.local()
+_is_compiling = torch.compiler.is_compiling
 
 
 def _check_name(name):
@@ -25,7 +38,7 @@ def _check_name(name):
 
 def default_backend():
     """The backend in force: the innermost ``use_backend``, else ``FASTCELLS_BACKEND``, else auto."""
-    name = _current.get()
+    name = getattr(_traced, "name", None) if _is_compiling() else _current.get()
     if name is not None:
         return name
     env = os.environ.get(ENV_VAR, "").strip()
@@ -42,10 +55,13 @@ def use_backend(name):
     """Run the enclosed fastcells ops on backend ``name`` (modules built with an explicit
     ``backend=`` keep theirs)."""
     token = _current.set(_check_name(name))
+    outer = getattr(_traced, "name", None)
+    _traced.name = name
     try:
         yield name
     finally:
         _current.reset(token)
+        _traced.name = outer
 
 
 def interpreter_enabled():
@@ -59,7 +75,9 @@ def resolve(backend, tensor):
     if name == "native" or name == "reference":
         return name
     if name == "auto":
-        return "triton" if tensor.is_cuda else "native"
+        if tensor.is_cuda:
+            return "triton"
+        return "reference" if _is_compiling() else "native"
     if name == "triton" and not tensor.is_cuda and not interpreter_enabled():
         raise RuntimeError(
             f"fastcells backend 'triton' needs CUDA tensors, got a tensor on {tensor.device}; "

@@ -199,7 +199,7 @@ class _RecurrentNet(_Backend):
         be = resolve(self.backend, data)
         if be == "native" or _mixed_dtypes(data, hx):
             return super().forward(input, hx)
-        self._refresh_flat_weights()
+        weights = self._current_flat_weights()
         lstm = self.mode == "LSTM"
         num_dir = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -235,7 +235,7 @@ class _RecurrentNet(_Backend):
         if lstm and len(hx) != 2:
             raise RuntimeError("lstm expects two hidden states")
         output, hidden = functional.rnn_on(
-            be, self.mode.lower(), input, hx, self._flat_weights, self.num_layers, self.bias,
+            be, self.mode.lower(), input, hx, weights, self.num_layers, self.bias,
             self.dropout, self.training, self.bidirectional, self.batch_first, batch_sizes,
             self.proj_size)
         if batch_sizes is not None:
@@ -246,17 +246,24 @@ class _RecurrentNet(_Backend):
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm else hidden.squeeze(1)
         return output, hidden
 
-    def _refresh_flat_weights(self):
-        # torch's _update_flat_weights also compacts the weights for cuDNN (flatten_parameters),
-        # which the kernels do not need and which reads data pointers: under torch.func on CUDA
-        # the weights are wrappers that have none.
+    def _current_flat_weights(self):
+        """The weights in torch's ``_flat_weights`` order, as they are now.  torch's
+        _update_flat_weights also compacts the weights for cuDNN (flatten_parameters), which
+        the kernels do not need and which reads data pointers: under torch.func on CUDA the
+        weights are wrappers that have none.  Traced code (torch.compile) reads the attributes
+        and keeps nothing: the cache's weak references are module state that Dynamo would
+        guard on, and a weight assigned in the traced function (weight drop) kills them."""
+        # hasattr, then getattr, as torch does: a parametrized weight (weight drop) draws its
+        # random numbers at each access, and the draws must match torch's module
+        if torch.compiler.is_compiling():
+            return [getattr(self, n) if hasattr(self, n) else None
+                    for n in self._flat_weights_names]
         if not torch.jit.is_scripting() and self._weights_have_changed():
-            # hasattr, then getattr, as torch does: a parametrized weight (weight drop) draws
-            # its random numbers at each access, and the draws must match torch's module
             self._flat_weights = [getattr(self, n) if hasattr(self, n) else None
                                   for n in self._flat_weights_names]
             self._flat_weight_refs = [None if w is None else weakref.ref(w)
                                       for w in self._flat_weights]
+        return self._flat_weights
 
     @staticmethod
     def _check_hx_dims(hx, is_batched, lstm):

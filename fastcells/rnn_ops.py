@@ -588,13 +588,14 @@ def rnn_layer_backward(mode: str, x: Tensor, h0: Tensor, c0: Optional[Tensor], w
 @rnn_layer_backward.register_fake
 def _(mode, x, h0, c0, w_ih, w_hh, w_hr, has_bias, y, cs, saved, m, batch_sizes, dy, dcn,
       need_dx):
+    # the kernels' gradients are contiguous, whatever the inputs' strides (a batch_first x is
+    # a transposed view)
     empty = x.new_empty(0)
     GH = w_hh.shape[0]
-    return [torch.empty_like(x) if need_dx else empty, torch.empty_like(h0),
-            torch.empty_like(c0) if c0 is not None else empty, torch.empty_like(w_ih),
-            torch.empty_like(w_hh), x.new_empty(GH) if has_bias else empty,
-            x.new_empty(GH) if has_bias else empty,
-            torch.empty_like(w_hr) if w_hr is not None else empty]
+    like = lambda t: x.new_empty(t.shape)   # noqa: E731
+    return [like(x) if need_dx else empty, like(h0), like(c0) if c0 is not None else empty,
+            like(w_ih), like(w_hh), x.new_empty(GH) if has_bias else empty,
+            x.new_empty(GH) if has_bias else empty, like(w_hr) if w_hr is not None else empty]
 
 
 def _op_setup_context(ctx, inputs, output):

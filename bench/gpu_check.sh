@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one script to run on a GPU machine (see GPU.md): an offline editable install,
+# The one script to run on a GPU machine (see bench/README.md): an offline editable install,
 # nvidia-smi and the versions, the test suite on CUDA without the interpreter, then the quick
 # benchmark.  Everything goes under OUTDIR (gpu_check.log, install.log, nvidia-smi.txt,
 # versions.txt, tests.log, tests.xml, bench.log, the JSON rows, the markdown table, the PNG

@@ -3,8 +3,10 @@ README, CHANGELOG.md, docs/ and the benchmarks' READMEs exists; the README's min
 runs as written (on CPU, on the reference backend); the modules' help says what differs from
 torch's."""
 import contextlib
+import functools
 import inspect
 import io
+import os
 import pydoc
 import re
 from pathlib import Path
@@ -43,11 +45,13 @@ def _anchors(md_path):
         encoding="utf-8")), re.M)}
 
 
+@functools.lru_cache(maxsize=None)
 def _repo_files():
+    """The names of the repository's files (virtual environments and caches left out)."""
     found = set()
-    for p in ROOT.rglob("*"):
-        if not SKIP_DIRS.intersection(p.relative_to(ROOT).parts) and p.is_file():
-            found.add(p.name)
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.endswith("venv")]
+        found.update(files)
     return found
 
 

@@ -6,6 +6,7 @@ from .convert import convert
 from .clip import clip_grad_norm_, clip_grads_with_norm_, get_total_norm
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from . import serialization  # torch.load: a fastcells class is trusted where its twin is
+from . import quantization  # quantize_dynamic: a fastcells module quantizes as its twin
 
 __all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "use_backend",
            "functional", "reference", "diagnostics", "convert", "clip_grad_norm_", "clip_grads_with_norm_", "get_total_norm"]

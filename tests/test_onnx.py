@@ -17,7 +17,8 @@ from rnn_utils import CELLS, KINDS, flat, twins
 from tolerances import TOL, assert_close, fp32_overrides
 
 onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx (the test extra)")
-ort = pytest.importorskip("onnxruntime", reason="ONNX export tests need onnxruntime (the test extra)")
+ort = pytest.importorskip("onnxruntime",
+                          reason="ONNX export tests need onnxruntime (the test extra)")
 
 # How a user picks the backend: (backend= keyword, environment FASTCELLS_BACKEND, use_backend)
 ROUTES = {

@@ -161,8 +161,8 @@ def test_converted_model(route):
     fast = fastcells.convert(copy.deepcopy(ref), backend=route)
     assert isinstance(fast.lstm, fastcells.LSTM)
     # spec -> the modules left in float (fastcells' in the converted model)
-    for spec, left in ((None, ("rnn",)),
-                       ({nn.LSTM, nn.GRU, nn.Linear}, ("lstm_cell", "gru_cell", "rnn_cell", "rnn"))):
+    cells_and_rnn = ("lstm_cell", "gru_cell", "rnn_cell", "rnn")
+    for spec, left in ((None, ("rnn",)), ({nn.LSTM, nn.GRU, nn.Linear}, cells_and_rnn)):
         q_ref, q_fast = quantize_dynamic(ref, spec), quantize_dynamic(fast, spec)
         assert types(q_fast) == {**types(q_ref), **{n: type(getattr(fast, n)) for n in left}}
     with torch.no_grad():   # the layers: quantized under both specs

@@ -5,36 +5,43 @@ from setuptools import setup
 LONG_DESCRIPTION = """\
 # fastcells
 
-Fused Triton GPU kernels for the LSTM, GRU and vanilla RNN cells and for clip-by-global-norm,
-shipped as drop-in replacements for `torch.nn.LSTM`, `GRU`, `RNN`, `LSTMCell`, `GRUCell`,
-`RNNCell` and `torch.nn.utils.clip_grad_norm_` (also `get_total_norm` and
-`clip_grads_with_norm_`): same constructor arguments, parameter names, `state_dict`, outputs and
-errors as torch's.
+Fused Triton GPU kernels for LSTM, GRU and vanilla RNN layers and cells, and for
+clip-by-global-norm, as drop-in replacements for `torch.nn.LSTM`, `GRU`, `RNN`, `LSTMCell`,
+`GRUCell`, `RNNCell` and `torch.nn.utils.clip_grad_norm_` (also `get_total_norm` and
+`clip_grads_with_norm_`): the same arguments, parameters, `state_dict` and outputs as torch's,
+and invalid input raises torch's exception type with torch's message. The project's
+`docs/limits.md` lists the exceptions.
 
 ```python
 import torch
 import fastcells
 
-lstm = fastcells.LSTM(512, 512, num_layers=2, batch_first=True).cuda()   # same args as nn.LSTM
-y, (h, c) = lstm(torch.randn(64, 100, 512, device="cuda"))
-y.sum().backward()
-fastcells.clip_grad_norm_(lstm.parameters(), max_norm=1.0)   # no host synchronisation
+device = "cuda" if torch.cuda.is_available() else "cpu"
 
-model = fastcells.convert(my_model)   # swaps every nn.LSTM/GRU/RNN(/Cell), same Parameters
+lstm = fastcells.LSTM(512, 512, num_layers=2, batch_first=True).to(device)  # nn.LSTM's args
+y, (h, c) = lstm(torch.randn(64, 100, 512, device=device))   # on CUDA: the fused kernels
+y.sum().backward()
+norm = fastcells.clip_grad_norm_(lstm.parameters(), max_norm=1.0)   # a tensor on `device`
+
+model = torch.nn.ModuleDict({"rnn": torch.nn.GRU(32, 64), "head": torch.nn.Linear(64, 10)})
+model = fastcells.convert(model)   # model["rnn"] is now a fastcells.GRU, on the same Parameters
 ```
 
-Backends: `auto` (the default: the Triton kernels on CUDA tensors, torch's own ops otherwise),
-`triton`, `reference` (plain PyTorch math) and `native` (torch's own ops); choose with
-`fastcells.use_backend(name)`, the `FASTCELLS_BACKEND` environment variable or `backend=`.
-On a machine without a GPU nothing is lost: `auto` runs torch's own CPU kernels.
+On CUDA the clip takes a few launches per dtype and synchronises with the host only when
+`error_if_nonfinite=True`.
 
-Install: `pip install fastcells` next to PyTorch >= 2.11 and Triton >= 3.6. For a CPU-only
-machine, take PyTorch's CPU build first:
-`pip install torch --index-url https://download.pytorch.org/whl/cpu`.
+Backends: `auto` (the default: the Triton kernels for CUDA tensors, torch's own ops for CPU
+tensors), `triton`, `reference` (plain PyTorch math) and `native` (torch's own ops); choose with
+`fastcells.use_backend(name)`, the `FASTCELLS_BACKEND` environment variable or `backend=`.
+On a machine without a GPU, eager calls run torch's own CPU kernels by default.
+
+Install: `pip install fastcells` (or `pip install -e .` from a clone) next to PyTorch >= 2.11
+and Triton >= 3.6, on Linux with Python 3.10 or newer. For a CPU-only machine, take PyTorch's
+CPU build first: `pip install torch --index-url https://download.pytorch.org/whl/cpu`.
 
 `python -m fastcells.demo` shows on the adding problem why gated cells and gradient clipping
 exist: the vanilla RNN's gradient vanishes and it never learns the task, the LSTM and GRU solve
-it, and an exploding RNN trains only with `fastcells.clip_grad_norm_`.
+it, and an RNN set up to explode trains only with `fastcells.clip_grad_norm_`.
 
 License: BSD-3-Clause.
 """

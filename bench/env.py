@@ -25,10 +25,10 @@ def device_name(device):
 
 
 def git_commit():
-    """``git rev-parse HEAD`` of the repository (``-dirty`` when the tree has changes); in a
-    copied tree without ``.git`` (the GPU machine), ``FASTCELLS_COMMIT`` when set (pass it to
-    the run), else 'unknown'."""
-    if not os.path.isdir(os.path.join(ROOT, ".git")) and os.environ.get("FASTCELLS_COMMIT"):
+    """The commit the run measured: ``FASTCELLS_COMMIT`` when set (it names the code of a
+    copied tree, whatever ``.git`` that tree holds), else ``git rev-parse HEAD`` of the
+    repository (``-dirty`` when the tree has changes), else 'unknown'."""
+    if os.environ.get("FASTCELLS_COMMIT"):
         return os.environ["FASTCELLS_COMMIT"]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,

@@ -6,7 +6,7 @@
 # plots); a short summary is printed last.
 #
 #   bash bench/gpu_check.sh OUTDIR [SELECTION...]
-#   FASTCELLS_COMMIT=$(git rev-parse HEAD) ...   names the code where the tree has no .git
+#   FASTCELLS_COMMIT=$(git rev-parse HEAD) ...   names the code measured (wins over any .git there)
 #
 # SELECTION: bench/run.py's --ops/--dtypes/--impls for the quick benchmark (default: the whole
 # quick plan).  FASTCELLS_CHECK_LAYERS_S (seconds, default 0: none) adds the layers plan after it,
@@ -180,7 +180,7 @@ else:
     print("gpu none")
 print("fastcells", fastcells.__file__)
 try:
-    print("commit", subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or os.environ.get("FASTCELLS_COMMIT", "unknown"))
+    print("commit", os.environ.get("FASTCELLS_COMMIT") or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10).stdout.strip() or "unknown")
 except Exception as e:
     print("commit unknown", type(e).__name__)
 PYEOF

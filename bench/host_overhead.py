@@ -139,7 +139,8 @@ def measure(device=None, number=None, repeats=None, cases=CASES, dtype=torch.flo
         if not interpreter_enabled():
             raise RuntimeError("set TRITON_INTERPRET=1 before importing triton to measure on CPU")
         # One intra-op thread: at these sizes torch's ops gain nothing from a second one but
-        # the wake-ups, which moved the ratio by a tenth from run to run on the 2-core VM.
+        # the wake-ups, which move the ratio by up to a tenth from run to run on a machine with
+        # few cores.
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -157,8 +158,8 @@ def measure(device=None, number=None, repeats=None, cases=CASES, dtype=torch.flo
     number, repeats = number or 200, repeats or 7
     shape = dict(B=64, I=512, H=512, T=16)
     runs = [(case, shape, dtype, number) for case in cases]
-    # The layer whose GPU waited on the host (issue 10): bf16 at the fastrnns shape; fewer calls
-    # per batch, so that the launch queue never fills and blocks the enqueue being timed.
+    # A layer whose host work per call can exceed its device work: bf16 at the fastrnns shape;
+    # fewer calls per batch, so that the launch queue never fills and blocks the enqueue being timed.
     runs.append(("lstm T=100 fwd+bwd", dict(B=64, I=512, H=512, T=100), torch.bfloat16,
                  max(1, number // 10)))
     for case, shp, dt, n in runs:

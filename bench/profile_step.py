@@ -37,7 +37,7 @@ def host_ms(fn, reps=50):
 
 
 def cell_cases():
-    """One cell step (issue 10's rows): LSTMCell and GRUCell at B=64 H=512, LSTMCell at B=1024
+    """One cell step: LSTMCell and GRUCell at B=64 H=512, LSTMCell at B=1024
     H=256 (an RL rollout step), forward and forward+backward, fp32 and bf16."""
     for dtype in (torch.float32, torch.bfloat16):
         for cls, B, H in ((fastcells.LSTMCell, 64, 512), (fastcells.GRUCell, 64, 512),

@@ -3,7 +3,7 @@ small batches and hidden sizes (GPU only).  Its rows are what dispatch.RULES may
 
 python bench/recurrence_sweep.py --out FILE.json [--budget-s 90]
 
-Shapes run most important first (issue 11's small-batch targets, then the grid B x H x T for
+Shapes run most important first (small batches at T=1024, then the grid B x H x T for
 LSTM and GRU in bf16 and fp32); a time budget stops it starting new shapes, and the rows are
 written after every shape, so a cut run keeps what it measured.
 """
@@ -20,7 +20,8 @@ from fastcells.kernels import dispatch
 
 CLASSES = {"lstm": fastcells.LSTM, "gru": fastcells.GRU}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-# (mode, dtype, B, H, T): the issue's targets first (small-B{1,16}-T1024 at I = H = 256) ...
+# (mode, dtype, B, H, T): small batches over long sequences first (B 1 and 16, T=1024,
+# I = H = 256) ...
 FIRST = [("lstm", "bf16", 16, 256, 1024), ("gru", "bf16", 16, 256, 1024),
          ("lstm", "fp32", 1, 256, 1024)]
 # ... then the grid.
@@ -33,12 +34,15 @@ def plan():
 
 
 def _commit():
+    """``FASTCELLS_COMMIT`` when set (the code of a copied tree), else ``git rev-parse HEAD``."""
+    if os.environ.get("FASTCELLS_COMMIT"):
+        return os.environ["FASTCELLS_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10).stdout.strip()
     except Exception:  # noqa: BLE001 - no git there: the environment names it
         out = ""
-    return out or os.environ.get("FASTCELLS_COMMIT", "unknown")
+    return out or "unknown"
 
 
 def sweep_meta(**extra):

@@ -53,7 +53,7 @@ SETTINGS = {
 # end within 8 (no new case starts after 420 s; a started one finishes, the rest are skipped).
 DEFAULT_BUDGET_S = {"layers": 420.0}
 SMOKE_FLOORS = dict(copy_elems=2**16, matmul_n=64, rep_ms=1, step_n=100)
-# Row fields, in order: the schema first, then what the report and plots use.
+# Row fields, in order: the fields every row carries first, then what the report and plots use.
 SCHEMA = ("op", "impl", "pass", "dtype", "shape", "ms", "ms_p20", "ms_p80", "floor_ms",
           "peak_mem_mb", "device", "torch", "triton", "commit", "date")
 EXTRA = ("case", "floor_ratio", "seq_floor_ms", "flops", "bytes", "tflop_s", "gb_s", "host_ms", "host_ms_p20",

@@ -306,7 +306,7 @@ def bound_launch(kernel, grid, args, varying="t"):
     merges and re-binds keyword arguments at every call, which a loop of T steps pays T times.
     ``args`` holds the kernel's other parameters by name, and launch options (num_warps).
     ``launch`` calls ``kernel.run`` itself, what ``kernel[grid](...)`` calls through a lambda:
-    one Python frame less per launch (about 1 µs of host time, measured on the CPU VM)."""
+    one Python frame less per launch (about 1 µs of host time on a CPU)."""
     names = kernel.arg_names
     pos = [None if n == varying else args[n] for n in names]
     params = _param_sets.get(id(names))

@@ -161,3 +161,18 @@ def test_sweeps_keep_a_failing_path_as_a_result():
     assert ms == {"ok": (2.0, 1.8, 2.2), "broken": None}
     assert errors == {"broken": "RuntimeError: no kernel"}
     assert med["ok"] == 2.0 and med["broken"] != med["broken"]   # nan
+
+
+def test_commit_env_wins_over_the_tree(monkeypatch):
+    """``FASTCELLS_COMMIT`` names the code measured even where the tree has a ``.git`` (a stale
+    one on a copied tree would say ``-dirty``); unset, the commit is read from git."""
+    import re
+
+    from bench import env
+    from bench.recurrence_sweep import _commit
+    given = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("FASTCELLS_COMMIT", given)
+    assert (env.ROOT / ".git").exists()
+    assert env.git_commit() == given and _commit() == given
+    monkeypatch.delenv("FASTCELLS_COMMIT")
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", env.git_commit())

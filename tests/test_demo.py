@@ -124,7 +124,7 @@ def test_module_runs_as_a_command():
 
 
 def test_quick_defaults_show_the_lesson(tmp_path):
-    """The issue's done-when, on the --quick defaults (seed 0): LSTM and GRU solve the adding
+    """The demo's lesson, on the --quick defaults (seed 0): LSTM and GRU solve the adding
     problem, the vanilla RNN does not; the trained RNN's vanishing factor is above the gated
     cells'; non-finite steps happen only without clipping."""
     out = tmp_path / "quick.json"

@@ -1,4 +1,4 @@
-"""What a new user does with torch.nn's recurrent modules, done to fastcells' (issue 13):
+"""What a new user does with torch.nn's recurrent modules, done to fastcells':
 torch's own module with the same weights is the oracle, on the triton (interpreter on CPU) and
 reference backends."""
 import copy

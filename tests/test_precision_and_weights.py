@@ -1,5 +1,5 @@
 """Tests that catch a state or accumulator kept in too low a precision, dropout in the wrong
-place, and weights a user builds in unusual ways (issue 13, item 8)."""
+place, and weights a user builds in unusual ways."""
 import math
 
 import pytest

@@ -5,10 +5,11 @@
 ``reference`` the plain-PyTorch math in :mod:`fastcells.reference`
 ``native``    torch's own ops (cuDNN/oneDNN RNNs, torch.nn.utils.clip_grad_norm_)
 
-Under ``torch.compile`` (and ``torch.export``), ``auto`` on CPU tensors is ``reference``: the
-plain-PyTorch math, which Dynamo traces and Inductor compiles without a graph break (torch's own
-CPU RNN kernels are opaque to Dynamo, which graph-breaks at torch.nn's RNN modules).  An explicit
-``native`` compiles exactly as torch.nn's module does.
+Under ``torch.compile``, ``auto`` on CPU tensors stays torch's own kernels, as one opaque op per
+multi-layer call (:mod:`fastcells.native_ops`: no graph break, where Dynamo graph-breaks at
+torch.nn's RNN modules); under ``torch.export`` it is ``reference``, the plain-PyTorch math, so an
+exported program holds torch's operators only.  A module built with (or run under) an explicit
+``native`` compiles exactly as torch.nn's does.
 """
 import contextlib
 import contextvars
@@ -28,6 +29,7 @@ _current = contextvars.ContextVar("fastcells_backend", default=None)
 # when the backend in force changes).  use_backend() keeps both.
 _traced = threading.local()
 _is_compiling = torch.compiler.is_compiling
+_is_exporting = torch.compiler.is_exporting
 
 
 def _check_name(name):
@@ -77,7 +79,7 @@ def resolve(backend, tensor):
     if name == "auto":
         if tensor.is_cuda:
             return "triton"
-        return "reference" if _is_compiling() else "native"
+        return "reference" if _is_exporting() else "native"
     if name == "triton" and not tensor.is_cuda and not interpreter_enabled():
         raise RuntimeError(
             f"fastcells backend 'triton' needs CUDA tensors, got a tensor on {tensor.device}; "

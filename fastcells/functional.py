@@ -9,7 +9,7 @@ backend supplies only the single-layer, single-direction primitive, everything a
 import torch
 import torch.nn.functional as F
 
-from . import onnx_export, reference
+from . import native_ops, onnx_export, reference
 from .backend import resolve
 from .rnn_ops import directions_fused, recurrent_layer, recurrent_step
 from .weights import LayerWeights
@@ -101,8 +101,12 @@ def rnn_on(be, mode, input, hx, weights, num_layers=1, bias=True, dropout=0.0, t
            bidirectional=False, batch_first=False, batch_sizes=None, proj_size=0):
     """:func:`rnn` on the resolved backend ``be`` ('triton', 'reference' or 'native')."""
     if be == "native":
-        return _native_rnn(mode, input, hx, weights, num_layers, bias, dropout, training,
-                           bidirectional, batch_first, batch_sizes)
+        # under torch.compile: torch's kernels as one opaque op, which Dynamo need not trace
+        # (torch.export and torch.onnx.export trace torch's forward into torch's operators)
+        compiled = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+        run = native_ops.rnn if compiled else _native_rnn
+        return run(mode, input, hx, weights, num_layers, bias, dropout, training,
+                   bidirectional, batch_first, batch_sizes)
     h0, c0 = hx if mode == "lstm" else (hx, None)
     if not _autocasting(input.device.type):
         return _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training,

@@ -197,7 +197,9 @@ class _RecurrentNet(_Backend):
             return self._fx_leaf_call(input, hx)
         data = input.data if isinstance(input, PackedSequence) else input
         be = resolve(self.backend, data)
-        if be == "native" or _mixed_dtypes(data, hx):
+        # native: torch's forward, except where torch.compile traces this one (its kernels
+        # then run as one opaque op: functional.rnn_on)
+        if be == "native" and not torch.compiler.is_compiling() or _mixed_dtypes(data, hx):
             return super().forward(input, hx)
         weights = self._current_flat_weights()
         lstm = self.mode == "LSTM"

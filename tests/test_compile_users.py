@@ -308,3 +308,31 @@ def test_use_backend_change_retraces(device, monkeypatch):
     with fastcells.use_backend("triton"):
         assert_close(compiled(x)[0], ref(x)[0], F32)
     assert seen == ["reference"]   # retraced onto the kernels' op, not the reference math
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU: the default's compiled route")
+@pytest.mark.parametrize("cls", [nn.GRU, nn.LSTM, nn.RNN])
+def test_default_cpu_compile_runs_torch_kernels_as_one_op(cls, monkeypatch):
+    """On CPU the default backend compiles torch's own kernels as one opaque op (no graph
+    break), bidirectional, two layers with dropout: outputs, gradients and dropout masks are
+    torch.nn's eager call's."""
+    monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
+    ref, fast = twin(cls, "cpu", num_layers=2, bidirectional=True, dropout=0.4)
+    ops = []
+
+    def recording(gm, example_inputs):
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    compiled = torch.compile(fast, backend=recording, fullgraph=True)
+    x = torch.randn(T, B, I, requires_grad=True)
+    torch.manual_seed(3)
+    got = flat(compiled(x))
+    torch.manual_seed(3)
+    want = flat(ref(x))
+    assert any("native_rnn" in op for op in ops)
+    for a, b in zip(got, want):
+        assert_close(a, b, F32)
+    for a, b in zip(grads(loss_of(got), [x, *fast.parameters()]),
+                    grads(loss_of(want), [x, *ref.parameters()])):
+        assert_close(a, b, F32)

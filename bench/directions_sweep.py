@@ -1,6 +1,6 @@
 """Bidirectional layers: both directions in the same launches (FASTCELLS_DIRECTIONS=fused)
 against one direction after the other (separate, the default), with cuDNN beside them (GPU
-only).  Its rows decide whether kernels.dispatch.fuse_directions turns on by default.
+only).  Its rows decide whether the experimental fused path (fastcells.experimental) turns on by default.
 
 python bench/directions_sweep.py --out FILE.json [--budget-s 90]
 
@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastcells                                       # noqa: E402
-from bench.recurrence_sweep import compare, sweep_meta, time_passes  # noqa: E402
-from fastcells.kernels.dispatch import DIRECTIONS_ENV  # noqa: E402
+from bench.sweeps import compare, sweep_meta, time_passes  # noqa: E402
+from fastcells.kernels.config import DIRECTIONS  # noqa: E402
 
 CLASSES = {"lstm": fastcells.LSTM, "gru": fastcells.GRU}
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -30,7 +30,7 @@ PLAN = [("lstm", "bf16", 2, 64, 512, 100), ("lstm", "fp32", 2, 64, 512, 100),
 
 def measure(mode, dtype, L, B, H, T, impl):
     """{pass: (median, p20, p80) ms} for fwd and fwd+bwd of one bidirectional module."""
-    os.environ[DIRECTIONS_ENV] = "separate" if impl == "cudnn" else impl
+    os.environ[DIRECTIONS.var] = "separate" if impl == "cudnn" else impl
     torch.manual_seed(0)
     m = CLASSES[mode](H, H, num_layers=L, bidirectional=True,
                       backend="native" if impl == "cudnn" else "triton")
@@ -63,7 +63,7 @@ def main(argv=None):
                   f"{med['fused'] / med['separate']:9.2f}", flush=True)
         with open(args.out, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)
-    os.environ.pop(DIRECTIONS_ENV, None)
+    os.environ.pop(DIRECTIONS.var, None)
     print(f"{len(rows)} rows in {time.time() - t0:.0f} s -> {args.out}", flush=True)
     return 0
 

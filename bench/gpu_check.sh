@@ -14,9 +14,8 @@
 # FASTCELLS_CHECK_PROFILE ("cells" or "layers", default none): bench/profile_step.py after the
 # host stage, where a call's host and device time go (torch.profiler over every thread, so the
 # backward's autograd thread too; a cProfile of the cell's host path).
-# FASTCELLS_CHECK_SWEEPS (comma list, default "recurrence"): the GPU-only sweeps to
-# run before the benchmark, "recurrence" (step chain against the resident kernel and cuDNN,
-# bench/recurrence_sweep.py), "directions" (bidirectional layers with both directions in one
+# FASTCELLS_CHECK_SWEEPS (comma list, default none): the GPU-only sweeps to
+# run before the benchmark, "directions" (bidirectional layers with both directions in one
 # launch against one after the other, bench/directions_sweep.py) and "tile" (step-kernel tiles,
 # bench/tile_sweep.py); "" for none.
 #
@@ -35,7 +34,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 mkdir -p "$1" && OUT="$(cd "$1" && pwd)"
 shift
 SELECTION=("$@")
-SWEEPS=",${FASTCELLS_CHECK_SWEEPS-recurrence},"
+SWEEPS=",${FASTCELLS_CHECK_SWEEPS-},"
 cd "$ROOT" || exit 2
 PY="${PYTHON:-$(command -v python3 || command -v python)}"
 BUDGET_S="${FASTCELLS_CHECK_BUDGET_S:-450}"
@@ -51,7 +50,6 @@ case $PROFILE in ""|cells|layers) ;; *) echo "FASTCELLS_CHECK_PROFILE must be ce
 PROFILE_S=0              # the profile stage's share (GPU only)
 [ -n "$PROFILE" ] && PROFILE_S=${FASTCELLS_CHECK_PROFILE_S:-60}
 case $SWEEPS in *,tile,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
-case $SWEEPS in *,recurrence,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 case $SWEEPS in *,directions,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 SWEEPS_S=$(( SWEEPS_S + PROFILE_S ))   # the profile stage is kept its share the same way
 LOG="$OUT/gpu_check.log"
@@ -218,15 +216,8 @@ if [ $HAS_CUDA -eq 1 ] && [ -n "$PROFILE" ]; then
   tail -n 14 "$OUT/profile_$PROFILE.log"
 fi
 
-# 3b. The sweeps (GPU only): the step chain against the resident kernel and cuDNN over small
-#     batches (the rows dispatch.RULES come from); the step kernels' tiles and CUDA graphs on/off
-#     at the fastrnns shape.
-if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,recurrence,* ]]; then
-  LIMIT=$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))
-  stage recurrence "$LIMIT" "$OUT/recurrence_sweep.log" \
-    "$PY" bench/recurrence_sweep.py --out "$OUT/recurrence_sweep.json" --budget-s $(( LIMIT > 40 ? LIMIT - 25 : 15 ))
-  tail -n 12 "$OUT/recurrence_sweep.log"
-fi
+# 3b. The sweeps (GPU only): both directions in one launch against one after the other; the
+#     step kernels' tiles and CUDA graphs on/off at the fastrnns shape.
 if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,directions,* ]]; then
   LIMIT=$(min $SWEEP_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))
   stage directions "$LIMIT" "$OUT/directions_sweep.log" \

@@ -11,30 +11,53 @@ import torch
 import triton
 
 import fastcells
-from fastcells.kernels import common
+from fastcells.kernels import recurrence
 
 CONFIGS = [None, (16, 16, 32, 4), (16, 16, 64, 2), (16, 32, 64, 4), (32, 16, 64, 4),
            (64, 32, 32, 4)]
 
 
 def bench_layer(mode_cls, T, B, H, dtype, backend, graphs, tiles):
+    """{pass: (median, p20, p80) ms}: the module's forward and forward+backward, or, with
+    ``tiles`` (BLOCK_B, BLOCK_H, BLOCK_K, num_warps), the kernels' launchers with those tiles
+    (kernels.recurrence: the same launches the module makes, without its autograd node)."""
     os.environ["FASTCELLS_CUDA_GRAPHS"] = "1" if graphs else "0"
-    common.TILE_OVERRIDE = tiles
     torch.manual_seed(0)
     m = mode_cls(H, H, backend=backend).cuda().to(dtype)
     x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
     dy = torch.randn(T, B, H, device="cuda", dtype=dtype)
-    fwd = lambda: m(x)  # noqa: E731
+    if tiles is None:
+        fwd = lambda: m(x)  # noqa: E731
 
-    def fwd_bwd():
-        y, _ = m(x)
-        y.backward(dy)
-
+        def fwd_bwd():
+            y, _ = m(x)
+            y.backward(dy)
+    else:
+        fwd, fwd_bwd = _launchers(m, x.detach(), dy, tiles)
     res = {}
     for name, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
         res[name] = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-    common.TILE_OVERRIDE = None
     return res
+
+
+def _launchers(m, x, dy, tiles):
+    """(fwd, fwd_bwd) of module ``m``'s one layer on the launchers, with ``tiles`` forced."""
+    mode = m.mode.lower()
+    w = [p.detach() for p in m._flat_weights]
+    weights = (w[0], w[1], w[2], w[3], None)
+    B, H = x.shape[1], m.hidden_size
+    h0 = x.new_zeros(B, H)
+    c0 = x.new_zeros(B, H) if mode == "lstm" else None
+
+    def fwd():
+        return recurrence.layer_forward(mode, x, h0, c0, weights, tiles=tiles)
+
+    def fwd_bwd():
+        y, cs, saved, mm = fwd()
+        dgx, dgh, carry, _, dhs = recurrence.layer_backward_steps(
+            mode, w[1], h0, c0, y, cs, saved, mm, None, dy, tiles=tiles)
+        recurrence.layer_grads(x, w[0], w[1], h0, y, mm, dgx, dgh, carry, dhs, True)
+    return fwd, fwd_bwd
 
 
 def main():

@@ -10,6 +10,9 @@ multi-layer call (:mod:`fastcells.native_ops`: no graph break, where Dynamo grap
 torch.nn's RNN modules); under ``torch.export`` it is ``reference``, the plain-PyTorch math, so an
 exported program holds torch's operators only.  A module built with (or run under) an explicit
 ``native`` compiles exactly as torch.nn's does.
+
+``FASTCELLS_BACKEND`` sets the default; it is read, like every switch, by
+:mod:`fastcells.kernels.config`.
 """
 import contextlib
 import contextvars
@@ -18,9 +21,10 @@ import threading
 
 import torch
 
+from .kernels import config
 
-BACKENDS = ("auto", "triton", "reference", "native")
-ENV_VAR = "FASTCELLS_BACKEND"
+BACKENDS = config.BACKEND.choices
+ENV_VAR = config.BACKEND.var
 
 # The innermost use_backend(): a ContextVar, so each thread and each asyncio task sees its own.
 _current = contextvars.ContextVar("fastcells_backend", default=None)
@@ -43,13 +47,7 @@ def default_backend():
     name = getattr(_traced, "name", None) if _is_compiling() else _current.get()
     if name is not None:
         return name
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        try:
-            return _check_name(env)
-        except ValueError as e:
-            raise ValueError(f"{ENV_VAR}: {e}") from None
-    return "auto"
+    return config.read(config.BACKEND)
 
 
 @contextlib.contextmanager

@@ -9,9 +9,9 @@ backend supplies only the single-layer, single-direction primitive, everything a
 import torch
 import torch.nn.functional as F
 
-from . import native_ops, onnx_export, reference
+from . import experimental, native_ops, onnx_export, reference
 from .backend import resolve
-from .rnn_ops import directions_fused, recurrent_layer, recurrent_step
+from .rnn_ops import recurrent_layer, recurrent_step
 from .weights import LayerWeights
 
 MODES = ("lstm", "gru", "rnn_tanh", "rnn_relu")
@@ -133,17 +133,16 @@ def _rnn(be, mode, input, h0, c0, weights, num_layers, bias, dropout, training, 
     rev = (_reverse_index(T, B, batch_sizes, x.device)
            if bidirectional and batch_sizes is not None else None)
     per = len(weights) // (num_layers * D)
-    fused = D == 2 and be == "triton" and directions_fused(proj_size > 0)
+    fused = D == 2 and be == "triton" and experimental.directions_fused(proj_size > 0)
     hns, cns = [], []
     for layer in range(num_layers):
         outs = []
-        if fused:   # both directions as two stacked members of one layer call
+        if fused:   # experimental: both directions as two stacked members of one call
             k = 2 * layer
             pair = (weights[k * per:(k + 1) * per], weights[(k + 1) * per:(k + 2) * per])
-            stacked = [torch.stack(ws) for ws in zip(*pair)]   # w_ih, w_hh (, b_ih, b_hh)
-            lw = LayerWeights(*stacked, *[None] * (5 - len(stacked)))
-            y, hn, cn = recurrent_layer(mode, torch.stack((x, _reverse(x, rev))), h0[k:k + 2],
-                                        None if c0 is None else c0[k:k + 2], lw, batch_sizes)
+            y, hn, cn = experimental.both_directions(
+                mode, (x, _reverse(x, rev)), h0[k:k + 2], None if c0 is None else c0[k:k + 2],
+                pair, batch_sizes)
             outs = [y[0], _reverse(y[1], rev)]
             hns += [hn[0], hn[1]]
             cns += [None, None] if cn is None else [cn[0], cn[1]]

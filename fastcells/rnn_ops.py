@@ -33,7 +33,6 @@ from torch import Tensor
 from . import reference
 from .kernels.common import acc_dtype
 from .weights import LayerWeights
-from .kernels.dispatch import fuse_directions
 from .kernels.recurrence import CELLS, layer_backward_steps, layer_forward, layer_grads
 
 
@@ -637,14 +636,6 @@ def _needs_grad(tensors):
         if t is not None and t.requires_grad:
             return True
     return False
-
-
-def directions_fused(proj):
-    """Whether the two directions of a bidirectional layer go to ``recurrent_layer`` as two
-    stacked members, in the same launches (``kernels.dispatch.fuse_directions``, off by
-    default): eager calls outside torch.func, without a projection (``proj``)."""
-    return (not proj and fuse_directions() and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
 
 
 def recurrent_layer(mode, x, h0, c0, weights, batch_sizes=None):

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-# The dtypes every kernel family (cells, layers, resident, clip) reads and writes.
+# The dtypes every kernel family (cells, layers, clip) reads and writes.
 SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -267,9 +267,6 @@ def check_dtype(dtype):
         raise TypeError(f"fastcells kernels support float64, float32, float16 and bfloat16, got {dtype}")
 
 
-# (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) forced for every step kernel, or None: for tile sweeps.
-TILE_OVERRIDE = None
-
 MIN_DOT = 16               # tl.dot needs every tile dimension >= 16
 SMALL_BATCH = 64           # up to this batch, 16-row batch tiles (more programs per step)
 MANY_PROGRAMS = 512        # beyond this many 16x16 tiles a step has parallelism to spare
@@ -282,12 +279,9 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
     """Tile sizes (BLOCK_B, BLOCK_H, BLOCK_K, num_warps) for a step kernel.
 
     tl.dot needs every tile dimension >= 16.  Small tiles spread a step over many programs
-    (one step is latency-bound: the more SMs read W_hh at once, the sooner it ends).  With
-    16-bit operands a 32-wide hidden tile is faster while it still leaves >= 64 programs
-    (bench/tile_sweep.py, T=100 B=64 H=512 bf16 LSTM fwd+bwd: 2.17 vs 2.32 ms on an H100,
-    2.11 vs 2.27 ms on an H200; bench/results)."""
-    if TILE_OVERRIDE is not None:
-        return TILE_OVERRIDE
+    (one step is latency-bound: the more SMs read W_hh at once, the sooner it ends); 16-bit
+    operands take 32-wide hidden tiles while that still leaves WIDE_HALF_PROGRAMS programs
+    (the thresholds come from bench/tile_sweep.py's rows in bench/results)."""
     block_b = MIN_DOT if batch <= SMALL_BATCH else 2 * MIN_DOT
     programs = triton.cdiv(batch, block_b) * triton.cdiv(hidden, MIN_DOT)
     block_h = MIN_DOT if programs <= MANY_PROGRAMS else 2 * MIN_DOT
@@ -306,7 +300,7 @@ def bound_launch(kernel, grid, args, varying="t"):
     merges and re-binds keyword arguments at every call, which a loop of T steps pays T times.
     ``args`` holds the kernel's other parameters by name, and launch options (num_warps).
     ``launch`` calls ``kernel.run`` itself, what ``kernel[grid](...)`` calls through a lambda:
-    one Python frame less per launch (about 1 µs of host time on a CPU)."""
+    one Python frame less per launch."""
     names = kernel.arg_names
     pos = [None if n == varying else args[n] for n in names]
     params = _param_sets.get(id(names))

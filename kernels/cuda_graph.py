@@ -4,13 +4,14 @@ A step kernel is a few microseconds of GPU work; launching it from Python costs 
 again, T times per layer.  On CUDA the loop is captured once per shape into a graph over static
 buffers and replayed: inputs are copied in, outputs come back as the static buffers themselves
 (valid until the next replay of the same graph: callers clone what they keep).
-Set FASTCELLS_CUDA_GRAPHS=0 to launch step by step instead.
+``FASTCELLS_CUDA_GRAPHS=0`` (kernels.config) launches step by step instead.
 """
 import collections
-import os
 import threading
 
 import torch
+
+from . import config
 
 MAX_GRAPHS = 16  # cached graphs (each holds its static buffers); least recently used evicted
 _cache = collections.OrderedDict()
@@ -19,7 +20,7 @@ _capturing = threading.Lock()   # one capture at a time (_Graphed._capture)
 
 
 def enabled(device):
-    return (device.type == "cuda" and os.environ.get("FASTCELLS_CUDA_GRAPHS", "1") != "0"
+    return (device.type == "cuda" and config.cuda_graphs()
             and not torch.cuda.is_current_stream_capturing())
 
 

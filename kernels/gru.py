@@ -19,8 +19,7 @@ from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load
 def gru_cell(acc_r, acc_z, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, cols, mc, H,
              HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
     """One GRU update from the pre-activations without bias (r and z summed over both sides,
-    x_n = x W_in^T, h_n = h W_hn^T) and h_{t-1} = ``hp``: (r, z, n, hn with b_hn, h_t).  Shared
-    by the step and resident kernels."""
+    x_n = x W_in^T, h_n = h W_hn^T) and h_{t-1} = ``hp``: (r, z, n, hn with b_hn, h_t).  """
     if HAS_BIAS:
         bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
         acc_r += bi + bh

@@ -21,7 +21,7 @@ from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load
 def lstm_cell(acc_i, acc_f, acc_g, acc_o, c_prev, b_ih_ptr, b_hh_ptr, cols, mc, H,
               HAS_BIAS: tl.constexpr, ACC: tl.constexpr):
     """One LSTM update from the gate pre-activations without bias (gate blocks i, f, g, o of the
-    hidden columns ``cols``): (i, f, g, o, c_t, h_t).  Shared by the step and resident kernels."""
+    hidden columns ``cols``): (i, f, g, o, c_t, h_t)."""
     if HAS_BIAS:
         bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
         acc_i += bi + bh

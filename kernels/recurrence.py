@@ -10,8 +10,7 @@ prefix 0..batch_sizes[t]-1; ended rows carry their state.
 Members: every tensor may carry a leading dimension M (x (M, T, B, I), w_hh (M, G*H, K), ...):
 M independent recurrences of one shape, such as the two directions of a bidirectional layer,
 run in the same launches (a third grid axis, ``kernels.common.member_fwd_ptrs``), and the hoisted
-GEMMs become batched GEMMs.  Stacked members take the step chain (no resident kernel) and no
-projection.
+GEMMs become batched GEMMs.  Stacked members take no projection.
 """
 import threading
 from dataclasses import dataclass, field
@@ -19,12 +18,10 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from . import cuda_graph
+from . import config, cuda_graph
 from .common import acc_dtype, bound_launch, check_dtype, dot_flags, step_tiles, tl_dtype
-from .dispatch import choose_recurrence
 from .gru import _gru_bwd_step_kernel, _gru_fwd_step_kernel
 from .lstm import _lstm_bwd_step_kernel, _lstm_fwd_step_kernel
-from .resident import resident_backward, resident_forward, resident_tiles
 from .rnn import _rnn_bwd_step_kernel, _rnn_fwd_step_kernel
 
 
@@ -53,12 +50,14 @@ _configs = {}
 _cudnn_allow_tf32 = torch._C._get_cudnn_allow_tf32   # torch.backends.cudnn.allow_tf32, unwrapped
 
 
-def _launch_config(B, H, K, dtype):
+def _launch_config(B, H, K, dtype, tiles=None):
+    """(grid, launch metadata, the graph key's part) of a step kernel; ``tiles`` (BLOCK_B,
+    BLOCK_H, BLOCK_K, num_warps) forces the tile sizes (tile sweeps), else ``step_tiles``."""
     allow_tf32 = _cudnn_allow_tf32()
-    key = (B, H, K, dtype, allow_tf32)
+    key = (B, H, K, dtype, allow_tf32, tiles)
     cfg = _configs.get(key)
     if cfg is None:
-        block_b, block_h, block_k, warps = step_tiles(B, H, K, dtype)
+        block_b, block_h, block_k, warps = tiles or step_tiles(B, H, K, dtype)
         # fp32 recurrent matmuls follow the flag torch's own RNNs (cuDNN) follow: TF32 by default.
         upcast, precision = dot_flags(dtype, allow_tf32)
         grid = (triton.cdiv(B, block_b), triton.cdiv(H, block_h))
@@ -118,13 +117,14 @@ def _members(x, w_hr=None):
     return lead, (lead[0] if lead else 1)
 
 
-def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
+def layer_forward(mode, x, h0, c0, weights, batch_sizes=None, tiles=None):
     """One layer, one direction.
 
     x (T, B, I); h0 (B, K); c0 (B, H) for the LSTM (else None); ``weights`` (w_ih, w_hh, b_ih,
     b_hh, w_hr), fastcells' LayerWeights or any sequence in that order: w_ih (G*H, I); w_hh
     (G*H, K); b_ih, b_hh (G*H,) or None; w_hr (K, H) the LSTM projection or None (then K == H);
-    batch_sizes (T,) rows active per step or None.
+    batch_sizes (T,) rows active per step or None; ``tiles`` forced tile sizes (see
+    ``_launch_config``) or None.
     Returns (y, cs, saved, m): y (T, B, K) the outputs (slot T-1 is every row's final state);
     cs (T, B, H) the LSTM's cell states, in the accumulation dtype (in x's dtype for a single
     step, which returns it as is), else None; saved the per-step gates the backward pass reads
@@ -162,16 +162,11 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None):
     if proj:
         outputs["m"] = ((T, B, H), dt, dev)
         inputs["w_hr_t"] = w_hr.t()
-    grid, meta, tiles = _launch_config(B, H, K, dt)
+    grid, meta, tiles = _launch_config(B, H, K, dt, tiles)
     grid = (*grid, M)
-    path = "step" if lead else choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
-    if path == "resident":   # its tiles, and the dot precision the launch reads, in the graph key
-        tiles = (*resident_tiles(H, dt), tiles[-1])
+    path = config.schedule()
 
     def steps(b):
-        if path == "resident":   # the whole time loop in one launch (kernels/resident.py)
-            resident_forward(mode, b, T, B, H, K, batch_sizes_dev, has_bias)
-            return
         y = b["y"]
         if B == 0:
             return
@@ -240,7 +235,7 @@ def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
 
 
 def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, dcn=None,
-                         w_hr=None):
+                         w_hr=None, tiles=None):
     """The backward time loop of one layer from what ``layer_forward`` returned.
 
     dy (T, B, K) dL/dy; dcn (B, H) dL/dc_{T-1} or None (zero).
@@ -281,17 +276,12 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     if proj:
         outputs["dhs"] = ((T, B, K), acc, dev)
         outputs["dm"] = ((T, B, H), acc, dev)
-    grid, meta, tiles = _launch_config(B, H, max(K, GH), dt)
+    grid, meta, tiles = _launch_config(B, H, max(K, GH), dt, tiles)
     grid = (*grid, M)
     has_dcn = "dcn" in inputs
-    path = "step" if lead else choose_recurrence(mode, dt, B, H, T, dev, proj=proj)
-    if path == "resident":
-        tiles = (*resident_tiles(H, dt), tiles[-1])
+    path = config.schedule()
 
     def steps(b):
-        if path == "resident":
-            resident_backward(mode, b, T, B, H, K, batch_sizes_dev)
-            return
         if B == 0 or H == 0:
             _no_rows_grads(b)
             return

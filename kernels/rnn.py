@@ -11,7 +11,7 @@ from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair
 @triton.jit
 def rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
              ACC: tl.constexpr):
-    """h_t from the pre-activation without bias.  Shared by the step and resident kernels."""
+    """h_t from the pre-activation without bias."""
     if HAS_BIAS:
         bi, bh = bias_pair(b_ih_ptr, b_hh_ptr, cols, mc, ACC)
         acc += bi + bh

@@ -16,7 +16,7 @@ import triton                                         # noqa: E402
 from triton.backends.compiler import GPUTarget        # noqa: E402
 from triton.compiler import ASTSource                 # noqa: E402
 
-from fastcells.kernels import gru, lstm, resident, rnn  # noqa: E402
+from fastcells.kernels import gru, lstm, rnn  # noqa: E402
 
 ACC_PTRS = {"cs_ptr", "carry_ptr", "dc_ptr", "dcn_ptr"}   # kept in the accumulation dtype
 SCALARS = {"t", "T", "B", "H", "K", "I"}
@@ -58,26 +58,12 @@ def variants():
                 continue
             yield (f"{family}-bwd-step-{dtype}-len{lengths}-proj{proj}-dcn{dcn}", bwd, dtype,
                    dict(base, HAS_BATCH_SIZES=lengths, PROJ=proj, HAS_DCN=dcn))
-        rfwd = getattr(resident, f"_{family}_fwd_resident_kernel")
-        rbwd = getattr(resident, f"_{family}_bwd_resident_kernel")
-        for lengths in (False, True):
-            yield (f"{family}-fwd-resident-{dtype}-len{lengths}", rfwd, dtype,
-                   dict(base, HAS_BIAS=True, HAS_BATCH_SIZES=lengths))
-            yield (f"{family}-bwd-resident-{dtype}-len{lengths}", rbwd, dtype,
-                   dict(base, HAS_BATCH_SIZES=lengths, HAS_DCN=True))
         if dtype == tl.float32:
-            # fp32 at full precision (torch.backends.cudnn.allow_tf32 = False)
-            for kind, kernel, flags in (("fwd", rfwd, dict(HAS_BIAS=True)),
-                                        ("bwd", rbwd, dict(HAS_DCN=True))):
-                yield (f"{family}-{kind}-resident-{dtype}-ieee", kernel, dtype,
-                       {**base, "PRECISION": "ieee", "HAS_BATCH_SIZES": True, **flags})
             # Triton specializes an integer argument equal to 1 into a constant (B = 1: one
             # sequence; H = 1; T = 1: a cell step): a kernel must compile that way too.
             ones = dict(B=1, H=1, K=1, I=1)
             for kind, kernel, flags in (("fwd-step", fwd, dict(HAS_BIAS=True, FUSE_X=True, T=1)),
-                                        ("bwd-step", bwd, dict(HAS_DCN=True, T=1)),
-                                        ("fwd-resident", rfwd, dict(HAS_BIAS=True)),
-                                        ("bwd-resident", rbwd, dict(HAS_DCN=True))):
+                                        ("bwd-step", bwd, dict(HAS_DCN=True, T=1))):
                 yield (f"{family}-{kind}-{dtype}-size1", kernel, dtype,
                        {**base, "HAS_BATCH_SIZES": False, "PROJ": False, "FUSE_X": False,
                         **flags, **ones})

@@ -146,9 +146,9 @@ def test_layers_plan_order(tmp_path):
 
 
 def test_sweeps_keep_a_failing_path_as_a_result():
-    """The GPU sweeps (bench/recurrence_sweep.py, bench/directions_sweep.py) share ``compare``:
+    """The GPU sweeps (bench/directions_sweep.py and the others, bench/sweeps.py) share ``compare``:
     a path that raises is a row entry with its error, beside the ones that ran."""
-    from bench.recurrence_sweep import compare
+    from bench.sweeps import compare
 
     def measure(impl):
         if impl == "broken":
@@ -169,7 +169,7 @@ def test_commit_env_wins_over_the_tree(monkeypatch):
     import re
 
     from bench import env
-    from bench.recurrence_sweep import _commit
+    from bench.sweeps import _commit
     given = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("FASTCELLS_COMMIT", given)
     assert (env.ROOT / ".git").exists()

@@ -1,12 +1,12 @@
 """Both directions of a bidirectional layer in the same launches (FASTCELLS_DIRECTIONS=fused):
 the step kernels' member axis (kernels.common.member_fwd_ptrs), the batched hoisted GEMMs, and
 the fallbacks (reference math for create_graph, member by member under vmap), against torch.nn
-in float64.  Off by default until a GPU run has measured it (kernels.dispatch.fuse_directions)."""
+in float64.  Experimental: off by default until a GPU run has measured it (fastcells.experimental)."""
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from fastcells.kernels.dispatch import fuse_directions
+from fastcells.kernels.config import fused_directions as fuse_directions
 from rnn_utils import KINDS, count_launches, flat, loss_of, twins
 from test_rnn_parity import _make_input, assert_matches_torch
 from tolerances import assert_close

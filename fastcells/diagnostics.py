@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional, reference
+from . import cells, functional
+from .backend import resolve
+from .weights import LayerWeights
 
 __all__ = ["GradientFlow", "hidden_grad_norms", "vanishing_factor"]
 
@@ -72,46 +74,38 @@ class GradientFlow:
         return float(self.mean[t - 1 if t > 0 else t])
 
 
-def _cell_step(mode, backend, x, h, c, w):
-    """One step of ``mode`` with weights ``w`` = (w_ih, w_hh, b_ih, b_hh, w_hr)."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = w
-    if mode == "lstm":
-        if w_hr is not None:
-            return reference.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
-        return functional.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh, backend=backend)
-    fn = {"gru": functional.gru_cell, "rnn_tanh": functional.rnn_tanh_cell,
-          "rnn_relu": functional.rnn_relu_cell}[mode]
-    return fn(x, h, w_ih, w_hh, b_ih, b_hh, backend=backend), None
+def _cell_step(cell, backend, x, h, c, w):
+    """One step of ``cell`` with weights ``w`` (a LayerWeights): (h', c' or None).  A
+    projection (the LSTM's w_hr) has no fused cell: the reference step takes it."""
+    if w.w_hr is not None:
+        return cell.step(x, h, c, w)
+    out = functional.cell_on(resolve(backend, x), cell, x, cell.hidden(h, c), w)
+    return cell.state(out)
 
 
 def _describe(module):
-    """(mode, per-layer weights, batch_first, is_cell) of a supported module, else TypeError."""
+    """(cell, per-layer LayerWeights, batch_first, is_cell) of a supported module, else
+    TypeError."""
+    cell = cells.of_module(module)
     if isinstance(module, nn.RNNBase):
         if module.bidirectional:
             raise ValueError("hidden_grad_norms: bidirectional modules are not supported "
                              "(the backward direction's h_t depends on later inputs); got "
                              f"{type(module).__name__} with bidirectional=True")
-        mode = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh",
-                "RNN_RELU": "rnn_relu"}.get(module.mode)
-        if mode is None:
+        if cell is None:
             raise TypeError(f"hidden_grad_norms: unsupported recurrent mode {module.mode!r}")
         layers = []
         for k in range(module.num_layers):
             g = lambda name: getattr(module, f"{name}_l{k}", None)  # noqa: E731
-            layers.append((g("weight_ih"), g("weight_hh"),
-                           g("bias_ih") if module.bias else None,
-                           g("bias_hh") if module.bias else None,
-                           g("weight_hr") if getattr(module, "proj_size", 0) > 0 else None))
-        return mode, layers, module.batch_first, False
-    if isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)):
-        if isinstance(module, nn.LSTMCell):
-            mode = "lstm"
-        elif isinstance(module, nn.GRUCell):
-            mode = "gru"
-        else:
-            mode = "rnn_tanh" if module.nonlinearity == "tanh" else "rnn_relu"
-        w = (module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh, None)
-        return mode, [w], False, True
+            layers.append(LayerWeights(g("weight_ih"), g("weight_hh"),
+                                       g("bias_ih") if module.bias else None,
+                                       g("bias_hh") if module.bias else None,
+                                       g("weight_hr") if getattr(module, "proj_size", 0) > 0
+                                       else None))
+        return cell, layers, module.batch_first, False
+    if cell is not None:
+        w = LayerWeights(module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh)
+        return cell, [w], False, True
     raise TypeError(f"hidden_grad_norms: expected a {_SUPPORTED}, got {type(module).__name__}; "
                     "for a model that wraps one, pass the recurrent module and put the rest of "
                     "the model in loss_fn")
@@ -137,7 +131,7 @@ def hidden_grad_norms(module, input, loss_fn, hx=None, *, layer=-1, dtype=None):
     batch and ``.vanishing_factor`` is mean ‖∂L/∂h_T‖ / mean ‖∂L/∂h_1‖.  For the LSTM, h_t is
     the hidden (output) state, not the cell state c_t.  Parameters' ``.grad`` are not touched.
     """
-    mode, layers, batch_first, is_cell = _describe(module)
+    cell, layers, batch_first, is_cell = _describe(module)
     if isinstance(input, PackedSequence):
         raise TypeError("hidden_grad_norms: expected a padded tensor input, got a PackedSequence "
                         "(pad it with torch.nn.utils.rnn.pad_packed_sequence)")
@@ -157,7 +151,7 @@ def hidden_grad_norms(module, input, loss_fn, hx=None, *, layer=-1, dtype=None):
     T, B = x.shape[0], x.shape[1]
     if T == 0:
         raise ValueError("hidden_grad_norms: the input has no time steps")
-    lstm = mode == "lstm"
+    lstm = cell.has_cell
     hidden_size = module.hidden_size
     out_size = getattr(module, "proj_size", 0) or hidden_size
 
@@ -178,12 +172,12 @@ def hidden_grad_norms(module, input, loss_fn, hx=None, *, layer=-1, dtype=None):
     with torch.enable_grad():
         measured, last_h, last_c = None, [], []
         for k, w in enumerate(layers):
-            w = tuple(None if p is None else p.to(dtype) for p in w)
+            w = LayerWeights(*(None if p is None else p.to(dtype) for p in w))
             if k > 0 and not is_cell and module.dropout > 0 and module.training:
                 x = F.dropout(x, p=module.dropout, training=True)
             h, c, hs = h0[k], c0[k], []
             for t in range(T):
-                h, c = _cell_step(mode, backend, x[t], h, c, w)
+                h, c = _cell_step(cell, backend, x[t], h, c, w)
                 hs.append(h)
             if k == layer:
                 measured = hs

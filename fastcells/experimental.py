@@ -9,23 +9,25 @@ decide whether it becomes the default.
 """
 import torch
 
+from . import route as routes
 from .kernels import config
-from .rnn_ops import recurrent_layer
+from .rnn_ops import run_layer
 from .weights import LayerWeights
 
 
-def directions_fused(proj):
+def directions_fused(route, proj):
     """Whether a bidirectional layer on the triton backend takes :func:`both_directions`: only
-    when switched on, in eager calls outside torch.func, compile and tracing, without a
-    projection (``proj``)."""
+    when switched on, outside torch.func, compile and tracing (``route``), without a projection
+    (``proj``)."""
     return (not proj and config.fused_directions()
-            and not torch._C._are_functorch_transforms_active()
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+            and route != routes.TRANSFORM and route != routes.GRAPH)
 
 
-def both_directions(mode, xs, h0, c0, pair, batch_sizes):
-    """(y, h_n, c_n) of both directions, each stacked on a leading dimension of 2: ``xs`` the
-    input and its time reversal, ``h0``/``c0`` (2, B, .), ``pair`` both directions' weights
-    in torch's ``_flat_weights`` order."""
+def both_directions(route, cell, inputs):
+    """(y, h_n, c_n) of both directions, each stacked on a leading dimension of 2: ``inputs``
+    (``LayerInputs``) with x the input and its time reversal, h0/c0 (2, B, .), and weights both
+    directions' in torch's ``_flat_weights`` order."""
+    xs, pair = inputs.x, inputs.weights
     stacked = [torch.stack(ws) for ws in zip(*pair)]   # w_ih, w_hh (, b_ih, b_hh)
-    return recurrent_layer(mode, torch.stack(xs), h0, c0, LayerWeights(*stacked), batch_sizes)
+    return run_layer(route, cell, inputs._replace(x=torch.stack(xs),
+                                                  weights=LayerWeights(*stacked)))

@@ -13,8 +13,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _dynamo_support, functional, onnx_export
+from . import _dynamo_support, cells, functional, onnx_export
 from .backend import _check_name, resolve
+from .weights import LayerWeights
 
 
 # A module's own containers: a twin gets new ones holding the same objects, so registering a
@@ -202,7 +203,8 @@ class _RecurrentNet(_Backend):
         if be == "native" and not torch.compiler.is_compiling() or _mixed_dtypes(data, hx):
             return super().forward(input, hx)
         weights = self._current_flat_weights()
-        lstm = self.mode == "LSTM"
+        cell = cells.BY_TORCH_MODE[self.mode]
+        lstm = cell.has_cell
         num_dir = 2 if self.bidirectional else 1
         real_hidden = self.proj_size if self.proj_size > 0 else self.hidden_size
         batch_sizes = sorted_indices = unsorted_indices = None
@@ -237,9 +239,9 @@ class _RecurrentNet(_Backend):
         if lstm and len(hx) != 2:
             raise RuntimeError("lstm expects two hidden states")
         output, hidden = functional.rnn_on(
-            be, self.mode.lower(), input, hx, weights, self.num_layers, self.bias,
-            self.dropout, self.training, self.bidirectional, self.batch_first, batch_sizes,
-            self.proj_size)
+            be, cell, input, hx, weights,
+            functional.Net(self.num_layers, self.bias, self.dropout, self.training,
+                           self.bidirectional, self.batch_first, self.proj_size), batch_sizes)
         if batch_sizes is not None:
             return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                     self.permute_hidden(hidden, unsorted_indices))
@@ -348,16 +350,15 @@ class _Cell(_Backend):
             be = resolve(self.backend, input)
             if be == "native":
                 return super().forward(input, hx)
-            h, c = hx if self._n_states == 2 else (hx, None)
-            return functional.cell_on(be, self._mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
+            return functional.cell_on(be, self._cell, input, hx,
+                                      LayerWeights(w_ih, w_hh, b_ih, b_hh))
         if _fx_tracing(input, hx):
             return self._fx_leaf_call(input, hx)
         be = resolve(self.backend, input)
         if be == "native" or self._torch_decides(input, hx):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, self._n_states)
-        h, c = (hx[0], hx[1]) if self._n_states == 2 else (hx, None)
-        out = functional.cell_on(be, self._mode, input, h, c, w_ih, w_hh, b_ih, b_hh)
+        out = functional.cell_on(be, self._cell, input, hx, LayerWeights(w_ih, w_hh, b_ih, b_hh))
         if is_batched:
             return out
         return (out[0].squeeze(0), out[1].squeeze(0)) if self._n_states == 2 else out.squeeze(0)
@@ -396,13 +397,15 @@ class _Cell(_Backend):
 class LSTMCell(_Cell, nn.LSTMCell):
     __doc__ = _cell_doc("LSTMCell", "LSTM")
     __signature__ = _ClassSignature(lambda: _signature(nn.LSTMCell.__init__, drop=("self",)))
-    _mode, _n_states = "lstm", 2
+    _cell = cells.LSTM
+    _n_states = 1 + _cell.has_cell
 
 
 class GRUCell(_Cell, nn.GRUCell):
     __doc__ = _cell_doc("GRUCell", "GRU")
     __signature__ = _ClassSignature(lambda: _signature(nn.GRUCell.__init__, drop=("self",)))
-    _mode, _n_states = "gru", 1
+    _cell = cells.GRU
+    _n_states = 1 + _cell.has_cell
 
 
 class RNNCell(_Cell, nn.RNNCell):
@@ -411,8 +414,8 @@ class RNNCell(_Cell, nn.RNNCell):
     _n_states = 1
 
     @property
-    def _mode(self):
-        return "rnn_" + self.nonlinearity
+    def _cell(self):
+        return cells.RNN_TANH if self.nonlinearity == "tanh" else cells.RNN_RELU
 
 
 # The one torch -> fastcells class map: convert(), the tests, the benchmarks and the demo read it.

@@ -18,13 +18,13 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-_FNS = {"lstm": "lstm", "gru": "gru", "rnn_tanh": "rnn_tanh", "rnn_relu": "rnn_relu"}
+from . import cells
 
 
 def _run(mode, input, h0, c0, weights, has_biases, num_layers, dropout, train, bidirectional,
          batch_first, batch_sizes):
     """torch's forward: (output, h_n, c_n or None)."""
-    fn = getattr(torch._VF, _FNS[mode])
+    fn = cells.CELLS[mode].native_layer
     hx = [h0, c0] if c0 is not None else h0
     if batch_sizes is None:
         res = fn(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
@@ -151,11 +151,12 @@ def _backward(ctx, d_out, d_hn, d_cn, _d_rng):
 native_rnn.register_autograd(_backward, setup_context=_setup_context)
 
 
-def rnn(mode, input, hx, weights, num_layers, bias, dropout, training, bidirectional,
-        batch_first, batch_sizes):
-    """torch's forward as the op: (output, h_n) or (output, (h_n, c_n))."""
-    h0, c0 = hx if mode == "lstm" else (hx, None)
-    out, hn, cn, _ = native_rnn(mode, input, h0, c0, list(weights), bias, num_layers,
-                                float(dropout), training, bidirectional, batch_first,
-                                batch_sizes)
-    return (out, (hn, cn)) if mode == "lstm" else (out, hn)
+def rnn(cell, inputs, net):
+    """torch's forward as the op: (output, h_n) or (output, (h_n, c_n)); ``inputs`` a
+    functional.NetInputs whose h0 holds the state in torch's form, ``net`` a functional.Net."""
+    input, hx, _, weights, batch_sizes = inputs
+    h0, c0 = cell.state(hx)
+    out, hn, cn, _ = native_rnn(cell.name, input, h0, c0, list(weights), net.bias,
+                                net.num_layers, float(net.dropout), net.training,
+                                net.bidirectional, net.batch_first, batch_sizes)
+    return out, cell.hidden(hn, cn)

@@ -40,23 +40,39 @@ def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
     return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
 
 
-def layer(mode, x, h0, c0, weights, batch_sizes=None):
+# The reference step of each cell type (fastcells.cells.Cell.step): (x, h, c, weights) ->
+# (h', c' or None), ``weights`` a LayerWeights (w_ih, w_hh, b_ih, b_hh, w_hr).
+def lstm_step(x, h, c, weights):
+    return lstm_cell(x, h, c, *weights)
+
+
+def gru_step(x, h, c, weights):
+    return gru_cell(x, h, *weights[:4]), None
+
+
+def rnn_tanh_step(x, h, c, weights):
+    return rnn_cell(x, h, *weights[:4], "tanh"), None
+
+
+def rnn_relu_step(x, h, c, weights):
+    return rnn_cell(x, h, *weights[:4], "relu"), None
+
+
+def layer(cell, x, h0, c0, weights, batch_sizes=None):
     """One layer, one direction over x (T, B, I) from h0 (B, K) (and c0 (B, H) for the LSTM),
     with ``weights`` a :class:`fastcells.weights.LayerWeights` (w_ih, w_hh, b_ih, b_hh, w_hr).
 
-    ``mode`` is 'lstm', 'gru', 'rnn_tanh' or 'rnn_relu'.  With ``batch_sizes`` (rows active at
-    each step, decreasing), ended rows keep their state and get zero output.
-    Returns (y (T, B, K), h_n, c_n or None)."""
-    w_ih, w_hh, b_ih, b_hh, w_hr = weights
+    ``cell``: a :class:`fastcells.cells.Cell` or its name ('lstm', 'gru', 'rnn_tanh',
+    'rnn_relu').  With ``batch_sizes`` (rows active at each step, decreasing), ended rows keep
+    their state and get zero output.  Returns (y (T, B, K), h_n, c_n or None)."""
+    if isinstance(cell, str):
+        from .cells import get
+        cell = get(cell)
+    step = cell.step
     h, c = h0, c0
     ys = []
     for t in range(x.shape[0]):
-        if mode == "lstm":
-            h_new, c_new = lstm_cell(x[t], h, c, w_ih, w_hh, b_ih, b_hh, w_hr)
-        elif mode == "gru":
-            h_new, c_new = gru_cell(x[t], h, w_ih, w_hh, b_ih, b_hh), None
-        else:
-            h_new, c_new = rnn_cell(x[t], h, w_ih, w_hh, b_ih, b_hh, mode[4:]), None
+        h_new, c_new = step(x[t], h, c, weights)
         if batch_sizes is not None:
             active = (torch.arange(x.shape[1], device=x.device) < int(batch_sizes[t]))[:, None]
             h_new = torch.where(active, h_new, h)

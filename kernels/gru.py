@@ -10,6 +10,7 @@ projection in the same launch.
 import triton
 import triton.language as tl
 
+from .layer import CellKernels
 from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
                      member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
                      step_preacts, store_gates3, store_gates4, store_tile, tanh, tile_index)
@@ -135,3 +136,8 @@ def _gru_bwd_step_kernel(
     store_gates3(dgx_ptr + t64 * B * G, rows, cols, H, mr, mc, d_r, d_z, d_npre)
     store_gates3(dgh_ptr + t64 * B * G, rows, cols, H, mr, mc, d_r, d_z, d_hn)
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
+
+
+# The GRU as the launchers see it (kernels.recurrence): r, z, n and hn saved per step.
+KERNELS = CellKernels(gates=3, saved=4, fwd=_gru_fwd_step_kernel, bwd=_gru_bwd_step_kernel,
+                      split_dgates=True)

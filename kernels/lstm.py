@@ -12,6 +12,7 @@ read where the caller keeps them (step 0), never copied into the sequence buffer
 import triton
 import triton.language as tl
 
+from .layer import CellKernels
 from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
                      member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
                      step_preacts, store_gates4, store_tile, tanh, tile_index)
@@ -159,3 +160,8 @@ def _lstm_bwd_step_kernel(
     store_tile(dc_ptr, dc_prev, rows, cols, H, mr, mc)
     if not PROJ:
         store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
+
+
+# The LSTM as the launchers see it (kernels.recurrence).
+KERNELS = CellKernels(gates=4, saved=4, fwd=_lstm_fwd_step_kernel, bwd=_lstm_bwd_step_kernel,
+                      has_cell=True)

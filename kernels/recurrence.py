@@ -13,35 +13,13 @@ run in the same launches (a third grid axis, ``kernels.common.member_fwd_ptrs``)
 GEMMs become batched GEMMs.  Stacked members take no projection.
 """
 import threading
-from dataclasses import dataclass, field
 
 import torch
 import triton
 
 from . import config, cuda_graph
 from .common import acc_dtype, bound_launch, check_dtype, dot_flags, step_tiles, tl_dtype
-from .gru import _gru_bwd_step_kernel, _gru_fwd_step_kernel
-from .lstm import _lstm_bwd_step_kernel, _lstm_fwd_step_kernel
-from .rnn import _rnn_bwd_step_kernel, _rnn_fwd_step_kernel
-
-
-@dataclass(frozen=True)
-class CellKernels:
-    gates: int          # gate blocks of H in W_ih / W_hh
-    saved: int          # blocks of H the forward pass saves per step (0: none)
-    fwd: object
-    bwd: object
-    has_cell: bool = False   # LSTM: a second state c
-    split_dgates: bool = False  # GRU: x-side and h-side gate gradients differ
-    extra: dict = field(default_factory=dict)
-
-
-CELLS = {
-    "lstm": CellKernels(4, 4, _lstm_fwd_step_kernel, _lstm_bwd_step_kernel, has_cell=True),
-    "gru": CellKernels(3, 4, _gru_fwd_step_kernel, _gru_bwd_step_kernel, split_dgates=True),
-    "rnn_tanh": CellKernels(1, 0, _rnn_fwd_step_kernel, _rnn_bwd_step_kernel, extra={"RELU": False}),
-    "rnn_relu": CellKernels(1, 0, _rnn_fwd_step_kernel, _rnn_bwd_step_kernel, extra={"RELU": True}),
-}
+from .layer import ALL, LayerBuffers, LayerGrads, StepGrads
 
 # Launch configurations by shape, dtype and the TF32 flag: computed once (host time per call).
 _configs = {}
@@ -117,32 +95,22 @@ def _members(x, w_hr=None):
     return lead, (lead[0] if lead else 1)
 
 
-def layer_forward(mode, x, h0, c0, weights, batch_sizes=None, tiles=None):
-    """One layer, one direction.
-
-    x (T, B, I); h0 (B, K); c0 (B, H) for the LSTM (else None); ``weights`` (w_ih, w_hh, b_ih,
-    b_hh, w_hr), fastcells' LayerWeights or any sequence in that order: w_ih (G*H, I); w_hh
-    (G*H, K); b_ih, b_hh (G*H,) or None; w_hr (K, H) the LSTM projection or None (then K == H);
-    batch_sizes (T,) rows active per step or None; ``tiles`` forced tile sizes (see
-    ``_launch_config``) or None.
-    Returns (y, cs, saved, m): y (T, B, K) the outputs (slot T-1 is every row's final state);
-    cs (T, B, H) the LSTM's cell states, in the accumulation dtype (in x's dtype for a single
-    step, which returns it as is), else None; saved the per-step gates the backward pass reads
-    (None for the RNN); m (T, B, H) the LSTM's pre-projection output when projected (else None).
-    A 2-D x (B, I) is one step without the time dimension (a cell, without packing or
-    projection): y, cs and saved come back 2-D too.
+def layer_forward(kern, inputs, tiles=None):
+    """One layer, one direction of the cell whose kernels are ``kern`` (``CellKernels``), on
+    ``inputs`` (``LayerInputs``, kernels.layer); ``tiles`` forces the tile sizes (see
+    ``_launch_config``).  Returns ``LayerBuffers``.  A 2-D x (B, I) is one step without the
+    time dimension (a cell, without packing or projection): the buffers come back 2-D too.
     """
-    w_ih, w_hh, b_ih, b_hh, w_hr = weights
-    spec = CELLS[mode]
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes = inputs
     check_dtype(x.dtype)
     if x.dim() == 2:
         _check_step(batch_sizes, w_hr)
     if x.dim() == 2 or x.shape[-3] == 1 and batch_sizes is None and w_hr is None:
-        return _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return _single_step(kern, inputs)
     lead, M = _members(x, w_hr)
     T, B, I = x.shape[-3:]
     GH, K = w_hh.shape[-2:]
-    H = GH // spec.gates
+    H = GH // kern.gates
     dev, dt = x.device, x.dtype
     has_bias, proj = b_ih is not None, w_hr is not None
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, dev)
@@ -152,13 +120,13 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None, tiles=None):
     inputs = dict(w=w, h0=h0.contiguous(), xp=lambda out: _input_projection(x, w_ih, out))
     if has_bias:
         inputs.update(b1=b_ih.contiguous(), b2=b_hh.contiguous())
-    if spec.has_cell:
+    if kern.has_cell:
         inputs["c0"] = c0.contiguous()
     outputs = dict(y=((*lead, T, B, K), dt, dev))
-    if spec.has_cell:
+    if kern.has_cell:
         outputs["cs"] = ((*lead, T, B, H), dt if T == 1 else acc_dtype(dt), dev)
-    if spec.saved:
-        outputs["saved"] = ((*lead, T, B, spec.saved * H), dt, dev)
+    if kern.saved:
+        outputs["saved"] = ((*lead, T, B, kern.saved * H), dt, dev)
     if proj:
         outputs["m"] = ((T, B, H), dt, dev)
         inputs["w_hr_t"] = w_hr.t()
@@ -175,7 +143,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None, tiles=None):
             return
         m, xp = b.get("m"), b["xp"]
         # the arguments bound once; each step changes t only (host time per step)
-        launch = bound_launch(spec.fwd, grid, dict(
+        launch = bound_launch(kern.fwd, grid, dict(
             xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
             b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
             c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=b.get("cs", y), out_ptr=m if proj else y,
@@ -183,7 +151,7 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None, tiles=None):
             batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
             T=T, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
             HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, FUSE_X=False, **meta,
-            **spec.extra,
+            **dict(kern.consts),
         ))
         for t in range(T):
             launch(t)
@@ -194,27 +162,28 @@ def layer_forward(mode, x, h0, c0, weights, batch_sizes=None, tiles=None):
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
-        key = ("fwd", path, mode, lead, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
+        key = ("fwd", path, kern, lead, T, B, H, K, dt, dev, has_bias, tiles, _stream_key(dev))
     bufs = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     cs, saved, m = bufs.get("cs"), bufs.get("saved"), bufs.get("m")
-    return (keep(bufs["y"]), None if cs is None else keep(cs),
-            None if saved is None else keep(saved), None if m is None else keep(m))
+    return LayerBuffers(keep(bufs["y"]), None if cs is None else keep(cs),
+                        None if saved is None else keep(saved), None if m is None else keep(m))
 
 
-def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+def _single_step(kern, inputs):
     """``layer_forward`` for one step (a cell) without packing or projection: one fused launch
     (the input projection inside it), no graph, nothing allocated but the outputs.  x is
     (..., 1, B, I), or (B, I) without the time dimension; the outputs keep x's leading shape."""
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh, _), _ = inputs
     rows = x.shape[:-1]
     B, I = rows[-1], x.shape[-1]
     lead = rows[:-2]   # the member dimension, if any
     GH, K = w_hh.shape[-2:]
-    H = GH // spec.gates
+    H = GH // kern.gates
     dt, dev = x.dtype, x.device
     y = torch.empty((*rows, K), dtype=dt, device=dev)
-    cs = torch.empty((*rows, H), dtype=dt, device=dev) if spec.has_cell else None
-    saved = (torch.empty((*rows, spec.saved * H), dtype=dt, device=dev) if spec.saved
+    cs = torch.empty((*rows, H), dtype=dt, device=dev) if kern.has_cell else None
+    saved = (torch.empty((*rows, kern.saved * H), dtype=dt, device=dev) if kern.saved
              else None)
     if B and H:
         grid, meta, _ = _launch_config(B, H, K, dt)
@@ -222,38 +191,34 @@ def _single_step(spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
             grid = (*grid, lead[0])
         w = w_hh.contiguous()
         has_bias = b_ih is not None
-        spec.fwd[grid](
+        kern.fwd[grid](
             xp_ptr=w, x_ptr=x.contiguous(), w_ih_ptr=w_ih.contiguous(), w_ptr=w,
             b_ih_ptr=b_ih.contiguous() if has_bias else w,
             b_hh_ptr=b_hh.contiguous() if has_bias else w, h0_ptr=h0.contiguous(),
-            c0_ptr=c0.contiguous() if spec.has_cell else y, y_ptr=y,
+            c0_ptr=c0.contiguous() if kern.has_cell else y, y_ptr=y,
             cs_ptr=y if cs is None else cs, out_ptr=y, saved_ptr=y if saved is None else saved,
             batch_sizes_ptr=y, t=0, T=1, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
-            HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **spec.extra,
+            HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **dict(kern.consts),
         )
-    return y, cs, saved, None
+    return LayerBuffers(y, cs, saved, None)
 
 
-def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, dcn=None,
-                         w_hr=None, tiles=None):
-    """The backward time loop of one layer from what ``layer_forward`` returned.
-
-    dy (T, B, K) dL/dy; dcn (B, H) dL/dc_{T-1} or None (zero).
-    Returns (dgx, dgh, carry, dc, dhs): the gate gradients on the input side (T, B, G*H) and on
-    the recurrent side (the same tensor except for the GRU), ``carry`` (B, K) the part of dL/dh0
-    not yet through W_hh, ``dc`` (B, H) dL/dc0 (LSTM, else None), and for the projected LSTM
-    ``dhs`` (T, B, K) dL/dh_t (else None); carry and dc in the accumulation dtype.  One step
-    without the time dimension (y and dy (B, K), from a 2-D x) gives 2-D gate gradients."""
-    spec = CELLS[mode]
+def layer_backward_steps(kern, inputs, buffers, dy, dcn=None, tiles=None):
+    """The backward time loop of one layer from its ``inputs`` and the ``buffers`` its
+    ``layer_forward`` returned: dy (T, B, K) dL/dy; dcn (B, H) dL/dc_{T-1} or None (zero).
+    Returns ``StepGrads``.  One step without the time dimension (y and dy (B, K), from a 2-D x)
+    gives 2-D gate gradients."""
+    _, h0, c0, (_, w_hh, _, _, w_hr), batch_sizes = inputs
+    y, cs, saved, m = buffers
     if y.dim() == 2:
         _check_step(batch_sizes, w_hr)
     if y.dim() == 2 or y.shape[-3] == 1 and batch_sizes is None and w_hr is None:
-        return _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn)
+        return _single_step_backward(kern, inputs, buffers, dy, dcn)
     lead, M = _members(y, w_hr)
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, y.device)
     T, B, K = y.shape[-3:]
     GH = w_hh.shape[-2]
-    H = GH // spec.gates
+    H = GH // kern.gates
     dev, dt = y.device, y.dtype
     acc = acc_dtype(dt)
     proj = w_hr is not None
@@ -262,16 +227,16 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
     inputs = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y.contiguous())
     if saved is not None:
         inputs["saved"] = saved.contiguous()
-    if spec.has_cell:
+    if kern.has_cell:
         inputs.update(c0=c0.contiguous(), cs=cs.contiguous())
         if dcn is not None:
             inputs["dcn"] = dcn.contiguous()
     if proj:
         inputs.update(w_acc=w_hh.to(acc), w_hr_acc=w_hr.to(acc), m=m.contiguous())
     outputs = dict(dgx=((*lead, T, B, GH), dt, dev), carry=((*lead, B, K), acc, dev))
-    if spec.split_dgates:
+    if kern.split_dgates:
         outputs["dgh"] = ((*lead, T, B, GH), dt, dev)
-    if spec.has_cell:
+    if kern.has_cell:
         outputs["dc"] = ((*lead, B, H), acc, dev)
     if proj:
         outputs["dhs"] = ((T, B, K), acc, dev)
@@ -287,7 +252,7 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
             return
         if proj:
             b["carry"].zero_()
-        launch = _bwd_step_launch(spec, grid, meta, b, T, B, H, K, batch_sizes_dev, proj)
+        launch = _bwd_step_launch(kern, (grid, meta), b, (T, B, H, K), batch_sizes_dev)
         for t in range(T - 1, -1, -1):
             if proj:
                 _projected_dh(b, t, T, B, batch_sizes_host)
@@ -295,35 +260,43 @@ def layer_backward_steps(mode, w_hh, h0, c0, y, cs, saved, m, batch_sizes, dy, d
 
     key = None
     if _graphable(T, batch_sizes_dev, proj) and cuda_graph.enabled(dev):
-        key = ("bwd", path, mode, lead, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
+        key = ("bwd", path, kern, lead, T, B, H, K, dt, dev, has_dcn, tiles, _stream_key(dev))
     b = cuda_graph.run(key, dev, inputs, outputs, steps)
     keep = (lambda t: t.clone()) if key is not None else (lambda t: t)
     dgx = keep(b["dgx"])
-    dgh = keep(b["dgh"]) if spec.split_dgates else dgx
-    dc = keep(b["dc"]) if spec.has_cell else None
-    return dgx, dgh, keep(b["carry"]), dc, b.get("dhs")
+    dgh = keep(b["dgh"]) if kern.split_dgates else dgx
+    dc = keep(b["dc"]) if kern.has_cell else None
+    return StepGrads(dgx, dgh, keep(b["carry"]), dc, b.get("dhs"))
 
 
-ALL = (True,) * 8
-
-
-def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=ALL, groups=1):
-    """The hoisted GEMMs after the backward loop: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr).
-    ``needs``: which gradients are wanted, in the layer's input order (x, h0, c0, w_ih, w_hh,
-    b_ih, b_hh, w_hr); one not wanted is None and costs no GEMM (an initial state of zeros, a
-    frozen layer).
+def layer_grads(inputs, buffers, steps, needs=ALL, groups=1):
+    """The hoisted GEMMs after the backward loop (``steps``: what ``layer_backward_steps``
+    returned): ``LayerGrads``.  ``needs`` (``LayerGrads`` of bools): which gradients are wanted;
+    one not wanted is None and costs no GEMM (an initial state of zeros, a frozen layer).
 
     With ``groups`` = N > 1 the batch rows are N interleaved problems (row b * N + n belongs to
     problem n: a vmapped layer folded into one launch), and every weight gradient gets a leading
     dimension N.  2-D tensors (y (B, K), no time dimension: ``layer_forward`` of a 2-D x) are
     one step."""
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr = _grads(inputs, buffers, steps, needs, groups)
+    dc, dt = steps.dc, buffers.y.dtype
+    dc0 = None if dc is None or not needs.dc0 else dc if dc.dtype == dt else dc.to(dt)
+    return LayerGrads(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+
+
+def _grads(inputs, buffers, steps, needs, groups):
+    """``layer_grads`` but dc0: (dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr)."""
+    x, h0, _, (w_ih, w_hh, b_ih, _, _), _ = inputs
+    y, m = buffers.y, buffers.m
+    dgx, dgh, carry, _, dhs = steps
+    has_bias = b_ih is not None
     if y.dim() == 4:
-        return _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, needs, groups)
+        return _member_grads(inputs, y, steps, needs, groups)
     if y.dim() == 2:
         if y.shape[0] and groups == 1:
-            return _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, needs)
-        grads = layer_grads(x[None], w_ih, w_hh, h0, y[None], m, dgx[None], dgh[None], carry,
-                            dhs, has_bias, needs, groups)
+            return _step_grads(inputs, steps, needs)
+        grads = _grads(inputs._replace(x=x[None]), buffers._replace(y=y[None]),
+                       steps._replace(dgx=dgx[None], dgh=dgh[None]), needs, groups)
         return (None if grads[0] is None else grads[0][0], *grads[1:])
     T, B, K = y.shape
     GH = dgx.shape[-1]
@@ -333,7 +306,7 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=A
         zero = y.new_zeros
         lead = (groups,) if groups > 1 else ()
         dw_hr = None if dhs is None else zero(*lead, *w_hh.shape[1:2], m.shape[-1])
-        return (torch.zeros_like(x) if needs[0] else None, carry.to(dt) if needs[1] else None,
+        return (torch.zeros_like(x) if needs.dx else None, carry.to(dt) if needs.dh0 else None,
                 zero(*lead, *w_ih.shape), zero(*lead, *w_hh.shape),
                 zero(*lead, GH) if has_bias else None, zero(*lead, GH) if has_bias else None,
                 dw_hr)
@@ -341,14 +314,14 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=A
     gx = dgx.view(T * B, GH)
     gh = gx if dgh is dgx else dgh.view(T * B, GH)
     gh0 = gh if T == 1 else gh[:B]
-    dh0 = _dh0(carry, gh0, w_hh, dt) if needs[1] else None
-    dx = torch.mm(gx, w_ih).view(T, B, -1) if needs[0] else None
-    has_bias = has_bias and (needs[5] or needs[6])
+    dh0 = _dh0(carry, gh0, w_hh, dt) if needs.dh0 else None
+    dx = torch.mm(gx, w_ih).view(T, B, -1) if needs.dx else None
+    has_bias = has_bias and (needs.db_ih or needs.db_hh)
     dw_ih = dw_hh = dw_hr = None
     if groups == 1:
-        if needs[3]:
+        if needs.dw_ih:
             dw_ih = gx.t().mm(x.reshape(T * B, -1))
-        if needs[4]:
+        if needs.dw_hh:
             dw_hh = gh0.t().mm(h0)
             if T > 1:
                 dw_hh = dw_hh.addmm_(gh[B:].t(), y[:T - 1].reshape(-1, K))
@@ -356,23 +329,23 @@ def layer_grads(x, w_ih, w_hh, h0, y, m, dgx, dgh, carry, dhs, has_bias, needs=A
         # one sum where both biases see the same gate gradients (LSTM, RNN): the same tensor for
         # both (autograd's engine copies a gradient it receives twice before accumulating it;
         # the Function and the custom op that return these to torch.func and torch.compile
-        # clone it, rnn_ops._unaliased)
+        # clone it: fastcells.rnn_args.unaliased)
         db_hh = (db_ih if dgh is dgx else gh.sum(0)) if has_bias else None
-        if dhs is not None and needs[7]:
+        if dhs is not None and needs.dw_hr:
             dw_hr = (dhs.reshape(T * B, K).t() @ m.reshape(T * B, -1).to(acc)).to(dt)
         return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
     N = groups
     h_prev = y[:T - 1]
     g = lambda t: t.reshape(t.shape[0], B // N, N, t.shape[-1])  # noqa: E731
-    if needs[3]:
+    if needs.dw_ih:
         dw_ih = torch.einsum("tbng,tbni->ngi", g(dgx), g(x))
-    if needs[4]:
+    if needs.dw_hh:
         dw_hh = torch.einsum("bng,bnk->ngk", g(dgh[:1])[0], g(h0[None])[0])
         if T > 1:
             dw_hh = dw_hh + torch.einsum("tbng,tbnk->ngk", g(dgh[1:]), g(h_prev))
     db_ih = g(dgx).sum((0, 1)) if has_bias else None
     db_hh = g(dgh).sum((0, 1)) if has_bias else None
-    if dhs is not None and needs[7]:
+    if dhs is not None and needs.dw_hr:
         dw_hr = torch.einsum("tbnk,tbnh->nkh", g(dhs), g(m).to(acc)).to(dt)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
 
@@ -384,26 +357,31 @@ def _dh0(carry, gh0, w_hh, dt):
     return (carry + gh0.mm(w_hh).to(carry.dtype)).to(dt)
 
 
-def _step_grads(x, w_ih, w_hh, h0, dgx, dgh, carry, has_bias, needs):
-    """``layer_grads`` of one step without the time dimension (a cell; B > 0): its GEMMs and
+def _step_grads(inputs, steps, needs):
+    """``_grads`` of one step without the time dimension (a cell; B > 0): its GEMMs and
     nothing else (host time per step)."""
-    dh0 = _dh0(carry, dgh, w_hh, dgx.dtype) if needs[1] else None
-    dx = dgx.mm(w_ih) if needs[0] else None
-    dw_ih = dgx.t().mm(x) if needs[3] else None
-    dw_hh = dgh.t().mm(h0) if needs[4] else None
+    x, h0, _, (w_ih, w_hh, b_ih, _, _), _ = inputs
+    dgx, dgh, carry = steps.dgx, steps.dgh, steps.carry
+    dh0 = _dh0(carry, dgh, w_hh, dgx.dtype) if needs.dh0 else None
+    dx = dgx.mm(w_ih) if needs.dx else None
+    dw_ih = dgx.t().mm(x) if needs.dw_ih else None
+    dw_hh = dgh.t().mm(h0) if needs.dw_hh else None
     db_ih = db_hh = None
-    if has_bias and (needs[5] or needs[6]):
-        # one sum where both biases see the same gate gradients (see layer_grads)
+    if b_ih is not None and (needs.db_ih or needs.db_hh):
+        # one sum where both biases see the same gate gradients (see _grads)
         db_ih = dgx.sum(0)
         db_hh = db_ih if dgh is dgx else dgh.sum(0)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
 
 
-def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, needs, groups):
-    """``layer_grads`` for stacked members (a leading dimension M on every tensor): the same
+def _member_grads(inputs, y, steps, needs, groups):
+    """``_grads`` for stacked members (a leading dimension M on every tensor): the same
     GEMMs, batched over the members."""
     if groups != 1:
         raise ValueError("fastcells: stacked members within a folded vmap are not supported")
+    x, h0, _, (w_ih, w_hh, b_ih, _, _), _ = inputs
+    dgx, dgh, carry = steps.dgx, steps.dgh, steps.carry
+    has_bias = b_ih is not None
     M, T, B, K = y.shape
     GH = dgx.shape[-1]
     dt = y.dtype
@@ -411,41 +389,43 @@ def _member_grads(x, w_ih, w_hh, h0, y, dgx, dgh, carry, has_bias, needs, groups
     if B == 0:
         zero = y.new_zeros
         bias = zero(M, GH) if has_bias else None
-        return (torch.zeros_like(x) if needs[0] else None, carry.to(dt) if needs[1] else None,
+        return (torch.zeros_like(x) if needs.dx else None, carry.to(dt) if needs.dh0 else None,
                 zero(w_ih.shape), zero(w_hh.shape), bias, None if bias is None else bias.clone(),
                 None)
     gx = dgx.view(M, T * B, GH)
     gh = gx if dgh is dgx else dgh.view(M, T * B, GH)
     gh0 = gh[:, :B]
     dh0 = None
-    if needs[1]:
+    if needs.dh0:
         if dt == acc:
             dh0 = torch.baddbmm(carry, gh0, w_hh)
         else:
             dh0 = (carry + torch.bmm(gh0, w_hh).to(acc)).to(dt)
-    dx = torch.bmm(gx, w_ih).view(M, T, B, -1) if needs[0] else None
+    dx = torch.bmm(gx, w_ih).view(M, T, B, -1) if needs.dx else None
     dw_ih = dw_hh = None
-    if needs[3]:
+    if needs.dw_ih:
         dw_ih = torch.bmm(gx.transpose(1, 2), x.reshape(M, T * B, -1))
-    if needs[4]:
+    if needs.dw_hh:
         dw_hh = torch.bmm(gh0.transpose(1, 2), h0)
         if T > 1:
             dw_hh = dw_hh.baddbmm_(gh[:, B:].transpose(1, 2), y[:, :T - 1].reshape(M, -1, K))
-    has_bias = has_bias and (needs[5] or needs[6])
+    has_bias = has_bias and (needs.db_ih or needs.db_hh)
     db_ih = gx.sum(1) if has_bias else None
     db_hh = (db_ih if dgh is dgx else gh.sum(1)) if has_bias else None
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None
 
 
-def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
+def _single_step_backward(kern, inputs, buffers, dy, dcn):
     """``layer_backward_steps`` for one step (a cell) without packing or projection: one launch,
     no graph, nothing allocated but the outputs (``_single_step`` is its forward); y and dy are
     (..., 1, B, K), or (B, K) without the time dimension, and dgx/dgh keep that shape."""
+    _, h0, c0, (_, w_hh, _, _, _), _ = inputs
+    y, cs, saved, _ = buffers
     rows = y.shape[:-1]
     B, K = rows[-1], y.shape[-1]
     lead = rows[:-2]   # the member dimension, if any
     GH = w_hh.shape[-2]
-    H = GH // spec.gates
+    H = GH // kern.gates
     dt, dev = y.dtype, y.device
     acc = acc_dtype(dt)
     b = dict(dy=dy.contiguous(), w=w_hh.contiguous(), h0=h0.contiguous(), y=y.contiguous(),
@@ -453,9 +433,9 @@ def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
              carry=torch.empty((*lead, B, K), dtype=acc, device=dev))
     if saved is not None:
         b["saved"] = saved.contiguous()
-    if spec.split_dgates:
+    if kern.split_dgates:
         b["dgh"] = torch.empty((*rows, GH), dtype=dt, device=dev)
-    if spec.has_cell:
+    if kern.has_cell:
         b.update(c0=c0.contiguous(), cs=cs.contiguous(),
                  dc=torch.empty((*lead, B, H), dtype=acc, device=dev))
         if dcn is not None:
@@ -466,22 +446,26 @@ def _single_step_backward(spec, w_hh, h0, c0, y, cs, saved, dy, dcn):
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
         if lead:
             grid = (*grid, lead[0])
-        _bwd_step_launch(spec, grid, meta, b, 1, B, H, K, None, False)(0)
-    return b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None
+        _bwd_step_launch(kern, (grid, meta), b, (1, B, H, K), None)(0)
+    return StepGrads(b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None)
 
 
-def _bwd_step_launch(spec, grid, meta, b, T, B, H, K, rows, proj):
+def _bwd_step_launch(kern, launch_cfg, b, dims, rows):
     """``launch(t)``: the backward step kernel over the buffers in ``b`` (absent ones: any
-    valid pointer)."""
+    valid pointer); ``launch_cfg`` (grid, meta) from ``_launch_config``; ``dims`` (T, B, H, K);
+    ``rows`` the device batch sizes or None.  The projected LSTM's when ``b`` holds dL/dm."""
+    grid, meta = launch_cfg
+    T, B, H, K = dims
+    proj = "dm" in b
     dgx = b["dgx"]
-    return bound_launch(spec.bwd, grid, dict(
+    return bound_launch(kern.bwd, grid, dict(
         dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
         saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
         c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
         dgx_ptr=dgx, dgh_ptr=b.get("dgh", dgx), carry_ptr=b["carry"],
         dc_ptr=b.get("dc", b["carry"]), batch_sizes_ptr=dgx if rows is None else rows,
         T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
-        HAS_DCN="dcn" in b, **meta, **spec.extra,
+        HAS_DCN="dcn" in b, **meta, **dict(kern.consts),
     ))
 
 

@@ -3,6 +3,7 @@ A single step (FUSE_X) computes x W_ih^T in the same launch."""
 import triton
 import triton.language as tl
 
+from .layer import CellKernels
 from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair, gate_input,
                      load_tile, member_bwd_ptrs, member_fwd_ptrs, prev_ptr, store_tile, tanh,
                      tile_index)
@@ -113,3 +114,10 @@ def _rnn_bwd_step_kernel(
     d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
     store_tile(dgx_ptr + t64 * B * H, d, rows, cols, H, mr, mc)
     store_tile(carry_ptr, carry, rows, cols, H, mr, mc)
+
+
+# The Elman RNN as the launchers see it (kernels.recurrence), one per nonlinearity.
+TANH = CellKernels(gates=1, saved=0, fwd=_rnn_fwd_step_kernel, bwd=_rnn_bwd_step_kernel,
+                   consts=(("RELU", False),))
+RELU = CellKernels(gates=1, saved=0, fwd=_rnn_fwd_step_kernel, bwd=_rnn_bwd_step_kernel,
+                   consts=(("RELU", True),))

@@ -70,8 +70,7 @@ def assert_same_errors(ref, fast, cases, device):
 def count_launches(monkeypatch, mode):
     """Records the grid of every forward and backward step-kernel launch of ``mode``:
     returns {"fwd": [grid, ...], "bwd": [...]}."""
-    import dataclasses
-    from fastcells.kernels import recurrence
+    from fastcells import cells
     calls = {"fwd": [], "bwd": []}
 
     class Counting:
@@ -91,7 +90,8 @@ def count_launches(monkeypatch, mode):
                 self.into.append(grid)
             return self.kernel.run(*args, grid=grid, warmup=warmup, **kwargs)
 
-    spec = recurrence.CELLS[mode]
-    monkeypatch.setitem(recurrence.CELLS, mode, dataclasses.replace(
-        spec, fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
+    cell = cells.CELLS[mode]
+    spec = cell.kernels
+    monkeypatch.setattr(cell, "kernels", spec._replace(
+        fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
     return calls

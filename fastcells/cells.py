@@ -37,23 +37,19 @@ class Cell:
     native_cell: Callable
     autocast: Dict[Tuple[str, str], object] = field(default_factory=dict)
     schedule: str = "step"
+    has_cell: bool = field(init=False)   # the state is a pair (h, c), not h alone
+    gates: int = field(init=False)
 
-    @property
-    def has_cell(self):
-        """Whether the state is a pair (h, c) (the LSTM) rather than h alone."""
-        return self.kernels.has_cell
-
-    @property
-    def gates(self):
-        return self.kernels.gates
+    def __post_init__(self):
+        self.has_cell, self.gates = self.kernels.has_cell, self.kernels.gates
 
     def state(self, hx):
         """(h, c or None) of a state in torch's form: (h, c) for a paired state, else h."""
-        return (hx[0], hx[1]) if self.kernels.has_cell else (hx, None)
+        return (hx[0], hx[1]) if self.has_cell else (hx, None)
 
     def hidden(self, h, c):
         """The state in torch's form (see ``state``)."""
-        return (h, c) if self.kernels.has_cell else h
+        return (h, c) if self.has_cell else h
 
     def __repr__(self):
         return f"Cell({self.name!r})"

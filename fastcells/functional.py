@@ -205,7 +205,8 @@ def _cell(cell, input, hx, weights, backend):
 
 def cell_on(be, cell, input, hx, weights):
     """One step of ``cell`` on the resolved backend ``be``: the state in torch's form, (h', c')
-    for the LSTM, else h'; ``weights`` a LayerWeights (w_ih, w_hh, b_ih, b_hh)."""
+    for the LSTM, else h'; ``weights`` (w_ih, w_hh, b_ih, b_hh, None), a LayerWeights or any
+    sequence in its order."""
     w_ih, w_hh, b_ih, b_hh, _ = weights
     if be == "native":
         return cell.native_cell(input, hx, w_ih, w_hh, b_ih, b_hh)

@@ -15,7 +15,6 @@ from torch.nn.utils.rnn import PackedSequence
 
 from . import _dynamo_support, cells, functional, onnx_export
 from .backend import _check_name, resolve
-from .weights import LayerWeights
 
 
 # A module's own containers: a twin gets new ones holding the same objects, so registering a
@@ -350,15 +349,14 @@ class _Cell(_Backend):
             be = resolve(self.backend, input)
             if be == "native":
                 return super().forward(input, hx)
-            return functional.cell_on(be, self._cell, input, hx,
-                                      LayerWeights(w_ih, w_hh, b_ih, b_hh))
+            return functional.cell_on(be, self._cell, input, hx, (w_ih, w_hh, b_ih, b_hh, None))
         if _fx_tracing(input, hx):
             return self._fx_leaf_call(input, hx)
         be = resolve(self.backend, input)
         if be == "native" or self._torch_decides(input, hx):
             return super().forward(input, hx)
         input, hx, is_batched = self._prepare(input, hx, self._n_states)
-        out = functional.cell_on(be, self._cell, input, hx, LayerWeights(w_ih, w_hh, b_ih, b_hh))
+        out = functional.cell_on(be, self._cell, input, hx, (w_ih, w_hh, b_ih, b_hh, None))
         if is_batched:
             return out
         return (out[0].squeeze(0), out[1].squeeze(0)) if self._n_states == 2 else out.squeeze(0)

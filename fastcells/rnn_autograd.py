@@ -170,8 +170,9 @@ class RNNStep(_Function):
 
     @staticmethod
     def forward(ctx, cell, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        # (the weights as a plain sequence in LayerWeights' order, which the launchers take)
         hn, cn, saved, _ = layer_forward(
-            cell.kernels, LayerInputs(x, h, c, LayerWeights(w_ih, w_hh, b_ih, b_hh)))
+            cell.kernels, LayerInputs(x, h, c, (w_ih, w_hh, b_ih, b_hh, None)))
         ctx.cell = cell
         ctx.save_for_backward(x, h, c, w_ih, w_hh, b_ih, b_hh, hn, cn, saved)
         ctx.set_materialize_grads(False)

@@ -24,8 +24,11 @@ from .weights import LayerInputs, LayerWeights
 
 
 def _live_inputs(inputs):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr = live(flat_inputs(inputs))
-    return LayerInputs(x, h0, c0, LayerWeights(w_ih, w_hh, b_ih, b_hh, w_hr), inputs.batch_sizes)
+    """``inputs`` with escaped torch.func wrappers unwrapped (``rnn_autograd.live``); the
+    weights as a plain sequence in LayerWeights' order, which the launchers take."""
+    x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes = inputs
+    x, h0, c0, *w = live((x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr))
+    return LayerInputs(x, h0, c0, w, batch_sizes)
 
 
 def run_layer(route, cell, inputs):

@@ -5,12 +5,14 @@ One layer, one direction.  Shapes: T steps, B rows, I inputs, H hidden units, G 
 K the output width (H, or the LSTM's projection size); every tensor may carry a leading member
 dimension M (kernels.recurrence: stacked members).  Absent is None, everywhere.
 """
+from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
 from torch import Tensor
 
 
-class CellKernels(NamedTuple):
+@dataclass(frozen=True, eq=False)   # hashed by identity: a CUDA graph's key
+class CellKernels:
     """One cell type's step kernels and what the launchers must know of it (each kernel family
     defines its own: kernels.lstm.KERNELS, ...)."""
     gates: int          # gate blocks of H in W_ih / W_hh
@@ -19,7 +21,7 @@ class CellKernels(NamedTuple):
     bwd: object         # the backward step kernel
     has_cell: bool = False      # a second state c (the LSTM)
     split_dgates: bool = False  # x-side and h-side gate gradients differ (the GRU)
-    consts: tuple = ()  # (name, value) compile-time constants both kernels take
+    consts: dict = field(default_factory=dict)  # compile-time constants both kernels take
 
 
 class LayerWeights(NamedTuple):

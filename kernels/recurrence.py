@@ -151,7 +151,7 @@ def layer_forward(kern, inputs, tiles=None):
             batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
             T=T, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
             HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, FUSE_X=False, **meta,
-            **dict(kern.consts),
+            **kern.consts,
         ))
         for t in range(T):
             launch(t)
@@ -191,14 +191,16 @@ def _single_step(kern, inputs):
             grid = (*grid, lead[0])
         w = w_hh.contiguous()
         has_bias = b_ih is not None
-        kern.fwd[grid](
+        # kernel[grid](...) without the lambda it returns: one frame and one merge less
+        kern.fwd.run(
+            grid=grid, warmup=False,
             xp_ptr=w, x_ptr=x.contiguous(), w_ih_ptr=w_ih.contiguous(), w_ptr=w,
             b_ih_ptr=b_ih.contiguous() if has_bias else w,
             b_hh_ptr=b_hh.contiguous() if has_bias else w, h0_ptr=h0.contiguous(),
             c0_ptr=c0.contiguous() if kern.has_cell else y, y_ptr=y,
             cs_ptr=y if cs is None else cs, out_ptr=y, saved_ptr=y if saved is None else saved,
             batch_sizes_ptr=y, t=0, T=1, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
-            HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **dict(kern.consts),
+            HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **kern.consts,
         )
     return LayerBuffers(y, cs, saved, None)
 
@@ -446,27 +448,35 @@ def _single_step_backward(kern, inputs, buffers, dy, dcn):
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
         if lead:
             grid = (*grid, lead[0])
-        _bwd_step_launch(kern, (grid, meta), b, (1, B, H, K), None)(0)
+        # one launch: kernel.run without binding the arguments for a loop (bound_launch)
+        kern.bwd.run(grid=grid, warmup=False, t=0,
+                     **_bwd_step_args(kern, meta, b, (1, B, H, K), None))
     return StepGrads(b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None)
 
 
 def _bwd_step_launch(kern, launch_cfg, b, dims, rows):
-    """``launch(t)``: the backward step kernel over the buffers in ``b`` (absent ones: any
-    valid pointer); ``launch_cfg`` (grid, meta) from ``_launch_config``; ``dims`` (T, B, H, K);
-    ``rows`` the device batch sizes or None.  The projected LSTM's when ``b`` holds dL/dm."""
+    """``launch(t)``: the backward step kernel over the buffers in ``b``; ``launch_cfg`` (grid,
+    meta) from ``_launch_config``; see ``_bwd_step_args``."""
     grid, meta = launch_cfg
+    return bound_launch(kern.bwd, grid, _bwd_step_args(kern, meta, b, dims, rows))
+
+
+def _bwd_step_args(kern, meta, b, dims, rows):
+    """The backward step kernel's arguments but t over the buffers in ``b`` (absent ones: any
+    valid pointer), with ``meta`` from ``_launch_config``, ``dims`` (T, B, H, K) and ``rows``
+    the device batch sizes or None.  The projected LSTM's when ``b`` holds dL/dm."""
     T, B, H, K = dims
     proj = "dm" in b
     dgx = b["dgx"]
-    return bound_launch(kern.bwd, grid, dict(
+    return dict(
         dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
         saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
         c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
         dgx_ptr=dgx, dgh_ptr=b.get("dgh", dgx), carry_ptr=b["carry"],
         dc_ptr=b.get("dc", b["carry"]), batch_sizes_ptr=dgx if rows is None else rows,
         T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
-        HAS_DCN="dcn" in b, **meta, **dict(kern.consts),
-    ))
+        HAS_DCN="dcn" in b, **meta, **kern.consts,
+    )
 
 
 def _no_rows_grads(b):

@@ -118,6 +118,6 @@ def _rnn_bwd_step_kernel(
 
 # The Elman RNN as the launchers see it (kernels.recurrence), one per nonlinearity.
 TANH = CellKernels(gates=1, saved=0, fwd=_rnn_fwd_step_kernel, bwd=_rnn_bwd_step_kernel,
-                   consts=(("RELU", False),))
+                   consts={"RELU": False})
 RELU = CellKernels(gates=1, saved=0, fwd=_rnn_fwd_step_kernel, bwd=_rnn_bwd_step_kernel,
-                   consts=(("RELU", True),))
+                   consts={"RELU": True})

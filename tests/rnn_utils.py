@@ -70,6 +70,7 @@ def assert_same_errors(ref, fast, cases, device):
 def count_launches(monkeypatch, mode):
     """Records the grid of every forward and backward step-kernel launch of ``mode``:
     returns {"fwd": [grid, ...], "bwd": [...]}."""
+    import dataclasses
     from fastcells import cells
     calls = {"fwd": [], "bwd": []}
 
@@ -92,6 +93,6 @@ def count_launches(monkeypatch, mode):
 
     cell = cells.CELLS[mode]
     spec = cell.kernels
-    monkeypatch.setattr(cell, "kernels", spec._replace(
-        fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
+    monkeypatch.setattr(cell, "kernels", dataclasses.replace(
+        spec, fwd=Counting(spec.fwd, calls["fwd"]), bwd=Counting(spec.bwd, calls["bwd"])))
     return calls

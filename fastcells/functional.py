@@ -64,8 +64,8 @@ def _autocast(cell, kind, device_type, tensors):
 # ------------------------------------------------------------------ packed <-> padded, reversal
 def _packed_index(batch_sizes, device):
     """Row of each packed element in the (T * B) padded layout: step t's first batch_sizes[t]
-    rows, step after step (built with tensor ops: a Python list costs about 1 ms at
-    T=100, B=64, every call)."""
+    rows, step after step (built with tensor ops, not a Python list: its cost grows with T*B,
+    every call)."""
     B = int(batch_sizes[0])
     active = torch.arange(B, device=batch_sizes.device) < batch_sizes[:, None]  # (T, B)
     return active.view(-1).nonzero().view(-1).to(device), B

@@ -1,24 +1,21 @@
 """Every environment switch of fastcells, read in one place by one mechanism.
 
-=========================  ===========================  =========  ==================================
-variable                   values                       default    what it chooses
-=========================  ===========================  =========  ==================================
-``FASTCELLS_BACKEND``      auto, triton, reference,     auto       the backend of every op without an
-                           native                                  explicit ``backend=`` or
-                                                                   ``use_backend`` (fastcells.backend)
-``FASTCELLS_CUDA_GRAPHS``  1, 0                         1          on CUDA, replay a layer's step
-                                                                   launches as one CUDA graph
-                                                                   (kernels.cuda_graph)
-``FASTCELLS_RECURRENCE``   auto, step                   auto       the schedule of a layer's time
-                                                                   loop: ``step`` is one fused launch
-                                                                   per step, the only schedule there
-                                                                   is; ``auto`` is the best measured
-``FASTCELLS_DIRECTIONS``   separate, fused              separate   EXPERIMENTAL, never timed on a
-                                                                   GPU: ``fused`` runs both
-                                                                   directions of a bidirectional
-                                                                   layer in the same launches
-                                                                   (fastcells.experimental)
-=========================  ===========================  =========  ==================================
+=========================  ==============  =========  ==========================================
+variable                   values          default    what it chooses
+=========================  ==============  =========  ==========================================
+``FASTCELLS_BACKEND``      auto, triton,   auto       the backend of every op without an explicit
+                           reference,                 ``backend=`` or ``use_backend``
+                           native                     (fastcells.backend)
+``FASTCELLS_CUDA_GRAPHS``  1, 0            1          on CUDA, replay a layer's step launches as
+                                                      one CUDA graph (kernels.cuda_graph)
+``FASTCELLS_RECURRENCE``   auto, step      auto       the schedule of a layer's time loop:
+                                                      ``step``, one fused launch per step, is the
+                                                      only one; ``auto`` resolves to it
+``FASTCELLS_DIRECTIONS``   separate,       separate   EXPERIMENTAL, never timed on a GPU:
+                           fused                      ``fused`` runs both directions of a
+                                                      bidirectional layer in the same launches
+                                                      (fastcells.experimental)
+=========================  ==============  =========  ==========================================
 
 A switch is read at every call (tests and sweeps set it between calls) and parsed once per raw
 value; surrounding blanks and case are ignored, an empty value is the default, any other value

@@ -10,10 +10,10 @@ projection in the same launch.
 import triton
 import triton.language as tl
 
-from .layer import CellKernels
 from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
                      member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
                      step_preacts, store_gates3, store_gates4, store_tile, tanh, tile_index)
+from .layer import CellKernels
 
 
 @triton.jit

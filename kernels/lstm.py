@@ -12,10 +12,10 @@ read where the caller keeps them (step 0), never copied into the sequence buffer
 import triton
 import triton.language as tl
 
-from .layer import CellKernels
 from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
                      member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
                      step_preacts, store_gates4, store_tile, tanh, tile_index)
+from .layer import CellKernels
 
 
 @triton.jit

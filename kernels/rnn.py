@@ -3,10 +3,10 @@ A single step (FUSE_X) computes x W_ih^T in the same launch."""
 import triton
 import triton.language as tl
 
-from .layer import CellKernels
 from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair, gate_input,
                      load_tile, member_bwd_ptrs, member_fwd_ptrs, prev_ptr, store_tile, tanh,
                      tile_index)
+from .layer import CellKernels
 
 
 @triton.jit

@@ -13,11 +13,10 @@ from torch import Tensor
 
 from . import route as routes
 from .kernels.recurrence import layer_backward_steps, layer_forward, layer_grads
-from .rnn_args import (INPUTS, BackwardArgs, LayerArgs, flat_inputs, inputs_of, needs_of,
-                       unaliased)
+from .rnn_args import INPUTS, BackwardArgs, LayerArgs, flat_inputs, needs_of, unaliased
 from .rnn_func import backward_vmap, layer_vmap, legacy_vmap
 from .rnn_higher import first_order, jvp_of, layer_tangents, reference_grads
-from .weights import LayerBuffers, LayerGrads, LayerInputs, LayerWeights
+from .weights import LayerBuffers, LayerGrads, LayerInputs
 
 _unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
@@ -29,11 +28,17 @@ def live(args):
     return [_unwrap_if_dead(a) if isinstance(a, Tensor) else a for a in args]
 
 
+def kernel_grads(kern, inputs, buffers, dout, needs, groups=1):
+    """The layer's gradients (``LayerGrads``) on the cell's kernels ``kern``, from its
+    ``inputs``, forward ``buffers`` and output gradients ``dout`` = (dy, dcn)."""
+    steps = layer_backward_steps(kern, inputs, buffers, *dout)
+    return layer_grads(inputs, buffers, steps, needs, groups)
+
+
 def kernel_backward(args):
-    """The layer's gradients (``LayerGrads``) on the kernels, from its ``BackwardArgs``."""
-    inputs, buffers = args.inputs(), args.buffers()
-    steps = layer_backward_steps(args.cell.kernels, inputs, buffers, args.dy, args.dcn)
-    return layer_grads(inputs, buffers, steps, args.needs, args.groups)
+    """:func:`kernel_grads` from the layer's ``BackwardArgs``."""
+    return kernel_grads(args.cell.kernels, args.inputs(), args.buffers(), (args.dy, args.dcn),
+                        args.needs, args.groups)
 
 
 def layer_backward(route, cell, needs, inputs, buffers, dy, dcn):
@@ -43,14 +48,14 @@ def layer_backward(route, cell, needs, inputs, buffers, dy, dcn):
         # create_graph=True (gradient penalties, meta-learning): gradients that are
         # themselves differentiable, to any order, from the reference math.
         return LayerGrads(*reference_grads(cell, inputs, dy, dcn))
+    if route == routes.PLAIN:
+        # a plain backward records nothing: the Function around it would only cost time
+        return kernel_grads(cell.kernels, inputs, buffers, (dy, dcn), needs)
     args = BackwardArgs.of(cell, needs, inputs, buffers, dy, dcn)
     if route == routes.LEGACY_VMAP:
         return LayerGrads(*legacy_vmap(RNNLayerBackward.vmap, args))
-    if route == routes.RECORDED:
-        # its vmap rule, its torch.func backward; its jvp rule (forward over reverse)
-        return LayerGrads(*RNNLayerBackward.apply(*args))
-    # a plain backward records nothing: the Function around it would only cost time
-    return kernel_backward(args)
+    # its vmap rule, its torch.func backward; its jvp rule (forward over reverse)
+    return LayerGrads(*RNNLayerBackward.apply(*args))
 
 
 def _forward_levels():
@@ -96,23 +101,23 @@ class RNNLayer(_Function):
     and the RNN."""
 
     @staticmethod
-    def forward(*args):
-        a = LayerArgs(*args)
-        y, cs, saved, m = layer_forward(a.cell.kernels, a.inputs())
+    def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, batch_sizes):   # LayerArgs
+        # (the weights as a plain sequence in LayerWeights' order, which the launchers take)
+        y, cs, saved, m = layer_forward(
+            cell.kernels, LayerInputs(x, h0, c0, (w_ih, w_hh, b_ih, b_hh, w_hr), batch_sizes))
         cn = None
-        if a.c0 is not None and a.x.shape[-3] > 1:
-            cn = cs.select(-3, -1).to(a.x.dtype, copy=True)
+        if c0 is not None and x.shape[-3] > 1:
+            cn = cs.select(-3, -1).to(x.dtype, copy=True)
         return y, cs, saved, m, cn
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        a = LayerArgs(*inputs)
         y, cs, saved, m, cn = output
-        ctx.cell, ctx.batch_sizes = a.cell, a.batch_sizes
-        ctx.save_for_backward(*a[INPUTS], y, cs, saved, m)
+        ctx.cell, ctx.batch_sizes = inputs[0], inputs[-1]   # LayerArgs' cell, batch_sizes
+        ctx.save_for_backward(*inputs[INPUTS], y, cs, saved, m)
         ctx.in_transform = torch._C._are_functorch_transforms_active()
         if ctx.in_transform or _forward_ad._current_level >= 0:   # forward mode may follow
-            _recorded_for_forward_mode(ctx, a[INPUTS])
+            _recorded_for_forward_mode(ctx, inputs[INPUTS])
         ctx.mark_non_differentiable(*[t for t in (saved, m, None if cn is None else cs)
                                       if t is not None])
         # Outputs nobody differentiated (the gates, an unused c_n) give None, not a
@@ -127,8 +132,9 @@ class RNNLayer(_Function):
             # or another transform): what was saved are that transform's wrappers, now dead;
             # the gradients are the tensors' under them, differentiable where those are.
             saved_tensors = live(saved_tensors)
-        inputs = inputs_of(saved_tensors[:8], ctx.batch_sizes)
-        buffers = LayerBuffers(*saved_tensors[8:])
+        x, h0, c0, *w, y, cs, saved, m = saved_tensors
+        inputs = LayerInputs(x, h0, c0, w, ctx.batch_sizes)   # (w in LayerWeights' order)
+        buffers = LayerBuffers(y, cs, saved, m)
         if dcn is not None:   # the kernels keep c and dL/dc in the accumulation dtype
             dcn = dcn.to(buffers.cs.dtype)
         elif inputs.c0 is not None and dcs is not None:   # a single step: c_n is a view of cs
@@ -184,12 +190,11 @@ class RNNStep(_Function):
         dy = torch.zeros_like(hn) if dh is None else dh   # only c' was used
         # the Function's inputs are (cell, x, h, c, w_ih, w_hh, b_ih, b_hh): no w_hr
         needs = LayerGrads(*ctx.needs_input_grad[1:], False)
-        weights = LayerWeights(w_ih, w_hh, b_ih, b_hh)
+        weights = (w_ih, w_hh, b_ih, b_hh, None)   # in LayerWeights' order
         route = routes.backward(dy, dc)
         if route == routes.PLAIN:   # the kernels take the step without its time dimension
-            grads = kernel_backward(BackwardArgs.of(
-                ctx.cell, needs, LayerInputs(x, h, c, weights), LayerBuffers(hn, cn, saved, None),
-                dy, dc))
+            grads = kernel_grads(ctx.cell.kernels, LayerInputs(x, h, c, weights),
+                                 LayerBuffers(hn, cn, saved, None), (dy, dc), needs)
         else:
             # create_graph, a batched backward (jacobian(vectorize=True)) or tangents (forward
             # over reverse): the one-step layer's way, with the time dimension

@@ -17,7 +17,7 @@ import torch
 from . import cells
 from . import route as routes
 from .kernels.recurrence import layer_forward
-from .rnn_args import LayerArgs, flat_inputs
+from .rnn_args import flat_inputs
 from .rnn_autograd import RNNLayer, RNNLayerBackward, RNNStep, live  # noqa: F401
 from .rnn_custom_ops import rnn_layer, rnn_layer_backward  # noqa: F401  (registers the ops)
 from .weights import LayerInputs, LayerWeights
@@ -45,7 +45,7 @@ def run_layer(route, cell, inputs):
         # no autograd node to build (no_grad, or nothing requires grad)
         y, cs, _, _ = layer_forward(cell.kernels, _live_inputs(inputs))
     else:   # plain autograd, a torch.func transform, forward_ad's dual level (tangents)
-        y, cs, _, _, cn = RNNLayer.apply(*LayerArgs.of(cell, inputs))
+        y, cs, _, _, cn = RNNLayer.apply(cell, x, h0, c0, *w, batch_sizes)   # LayerArgs
     if x.shape[-3] == 1:  # a view whose backward is a view too (a select's fills zeros)
         cn = None if c0 is None else cs.squeeze(-3)
         return y, y.squeeze(-3), cn if cn is None or cn.dtype == x.dtype else cn.to(x.dtype)

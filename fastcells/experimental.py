@@ -2,7 +2,7 @@
 so off unless their switch (:mod:`fastcells.kernels.config`) turns them on.
 
 Fused directions, ``FASTCELLS_DIRECTIONS=fused``: the two directions of a bidirectional layer
-run as two stacked members of one ``recurrent_layer`` call, in the same launches
+run as two stacked members of one ``rnn_ops.run_layer`` call, in the same launches
 (``kernels.recurrence``'s member axis).  It halves the step launches but stacks both directions'
 inputs and weights at every call; ``bench/directions_sweep.py`` is the measurement that would
 decide whether it becomes the default.

@@ -5,7 +5,8 @@ over all T*B rows; the time loop launches one fused step kernel per step.  A sin
 cell, T == 1) computes its input projection inside the step kernel instead: one launch forward.
 Buffers are time-major and contiguous; the initial states are read where they lie.  Packed
 (variable-length) batches are sorted by decreasing length, so the rows active at step t are a
-prefix 0..batch_sizes[t]-1; ended rows carry their state.
+prefix 0..batch_sizes[t]-1; ended rows carry their state.  The launchers take and give the named
+structures of ``kernels.layer``; a cell's kernels come as its ``CellKernels``.
 
 Members: every tensor may carry a leading dimension M (x (M, T, B, I), w_hh (M, G*H, K), ...):
 M independent recurrences of one shape, such as the two directions of a bidirectional layer,

@@ -33,6 +33,17 @@ def twin(torch_cls, device, **kw):
     return ref, fast
 
 
+def assert_compiled_matches(fast, ref, x):
+    """fast compiled with fullgraph=True gives torch.nn's eager outputs and gradients."""
+    out = flat(torch.compile(fast, backend=CB, fullgraph=True)(x))
+    want = flat(ref(x))
+    for a, b in zip(out, want):
+        assert_close(a, b, F32)
+    for a, b in zip(grads(loss_of(out), [x, *fast.parameters()]),
+                    grads(loss_of(want), [x, *ref.parameters()])):
+        assert_close(a, b, F32)
+
+
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("cls", [nn.LSTMCell, nn.GRUCell])
 def test_fullgraph_cell(cls, route, device, monkeypatch):
@@ -42,13 +53,7 @@ def test_fullgraph_cell(cls, route, device, monkeypatch):
         fast = fastcells.modules.TWINS[cls](I, H, **kw).to(device)
         fast.load_state_dict(ref.state_dict())
         x = torch.randn(B, I, device=device, requires_grad=True)
-        out = flat(torch.compile(fast, backend=CB, fullgraph=True)(x))
-        want = flat(ref(x))
-        for a, b in zip(out, want):
-            assert_close(a, b, F32)
-        for a, b in zip(grads(loss_of(out), [x, *fast.parameters()]),
-                        grads(loss_of(want), [x, *ref.parameters()])):
-            assert_close(a, b, F32)
+        assert_compiled_matches(fast, ref, x)
 
 
 @pytest.mark.parametrize("route", ROUTES)
@@ -61,13 +66,7 @@ def test_fullgraph_batch_first_layer_backward(cls, route, device, monkeypatch):
         if kw:
             fast.backend = kw["backend"]
         x = torch.randn(B, T, I, device=device, requires_grad=True)
-        out = flat(torch.compile(fast, backend=CB, fullgraph=True)(x))
-        want = flat(ref(x))
-        for a, b in zip(out, want):
-            assert_close(a, b, F32)
-        for a, b in zip(grads(loss_of(out), [x, *fast.parameters()]),
-                        grads(loss_of(want), [x, *ref.parameters()])):
-            assert_close(a, b, F32)
+        assert_compiled_matches(fast, ref, x)
 
 
 class LM(nn.Module):

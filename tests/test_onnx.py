@@ -2,7 +2,6 @@
 torch.export), on every way a user picks the backend: the exported graph is the one torch.nn's twin
 exports (standard ONNX LSTM/GRU/RNN nodes where torch.nn's has them), onnxruntime runs it to the
 float64 torch.nn result, and where torch.nn's export raises, fastcells' raises the same."""
-import contextlib
 import copy
 import io
 import warnings
@@ -20,26 +19,7 @@ onnx = pytest.importorskip("onnx", reason="ONNX export tests need onnx (the test
 ort = pytest.importorskip("onnxruntime",
                           reason="ONNX export tests need onnxruntime (the test extra)")
 
-# How a user picks the backend: (backend= keyword, environment FASTCELLS_BACKEND, use_backend)
-ROUTES = {
-    "default": (None, None, None),
-    "env-triton": (None, "triton", None),
-    "use_backend-triton": (None, None, "triton"),
-    "triton": ("triton", None, None),
-    "reference": ("reference", None, None),
-}
-
-
-@pytest.fixture(params=list(ROUTES))
-def route(request, monkeypatch):
-    """The module's backend= keyword; the environment and use_backend in force for the test."""
-    backend, env, ctx = ROUTES[request.param]
-    if env is None:
-        monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
-    else:
-        monkeypatch.setenv("FASTCELLS_BACKEND", env)
-    with fastcells.use_backend(ctx) if ctx else contextlib.nullcontext():
-        yield backend
+from user_routes import route  # noqa: E402,F401  (the fixture: every user route)
 
 
 def export(model, args, dynamo):
@@ -191,9 +171,9 @@ def test_torchscript_export_raises_as_torch(route, device):
 DYNAMO = {
     "default": (KINDS, "lstm", {}, (3, 2, 3), "LSTM"),
     "env-triton": (KINDS, "lstm", dict(num_layers=2, bidirectional=True), (3, 2, 3), "LSTM"),
-    "use_backend-triton": (KINDS, "gru", dict(batch_first=True), (2, 3, 3), "GRU"),
-    "triton": (KINDS, "rnn_tanh", {}, (3, 2, 3), None),   # torch.nn's: unrolled MatMul/Tanh
-    "reference": (CELLS, "lstm", {}, (2, 3), None),
+    "use_backend-reference": (KINDS, "gru", dict(batch_first=True), (2, 3, 3), "GRU"),
+    "kw-triton": (KINDS, "rnn_tanh", {}, (3, 2, 3), None),   # torch.nn's: unrolled MatMul/Tanh
+    "kw-reference": (CELLS, "lstm", {}, (2, 3), None),
 }
 
 

@@ -1,7 +1,6 @@
 """torch.ao.quantization.quantize_dynamic of a model holding fastcells modules gives what it gives
 the same model with torch.nn's modules: the same quantized module types, bit-identical outputs,
 and the same errors; whatever torch leaves in float stays fastcells' (on its backend)."""
-import contextlib
 import copy
 import importlib
 import warnings
@@ -22,25 +21,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:torch.ao.quantization is deprecated:DeprecationWarning",
     "ignore:torch.quantize_per_tensor:UserWarning")
 
-ROUTES = {
-    "default": (None, None, None),
-    "env-triton": (None, "triton", None),
-    "use_backend-triton": (None, None, "triton"),
-    "triton": ("triton", None, None),
-    "reference": ("reference", None, None),
-}
-
-
-@pytest.fixture(params=list(ROUTES))
-def route(request, monkeypatch):
-    """The module's backend= keyword; the environment and use_backend in force for the test."""
-    backend, env, ctx = ROUTES[request.param]
-    if env is None:
-        monkeypatch.delenv("FASTCELLS_BACKEND", raising=False)
-    else:
-        monkeypatch.setenv("FASTCELLS_BACKEND", env)
-    with fastcells.use_backend(ctx) if ctx else contextlib.nullcontext():
-        yield backend
+from user_routes import route  # noqa: E402,F401  (the fixture: every user route)
 
 
 class Net(nn.Module):

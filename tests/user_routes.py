@@ -2,6 +2,8 @@
 ``fastcells.use_backend``, or the ``backend=`` keyword.  Integration tests run on each."""
 import contextlib
 
+import pytest
+
 import fastcells
 
 # On CPU the default resolution is torch's own kernels in eager calls and the reference math
@@ -27,3 +29,11 @@ def user_route(route, monkeypatch):
         yield {"backend": name}
     else:
         raise ValueError(f"unknown route {route!r}")
+
+
+@pytest.fixture(params=ROUTES)
+def route(request, monkeypatch):
+    """A test run on each route: yields the module's ``backend=`` keyword (None, or the name),
+    with the environment and ``use_backend`` of the route in force."""
+    with user_route(request.param, monkeypatch) as kw:
+        yield kw.get("backend")

@@ -1,6 +1,8 @@
 """torch.compile and torch.export as users call them: no ``backend=`` (the default resolution),
 ``FASTCELLS_BACKEND=triton`` (on CPU the interpreter: what the default gives on a GPU),
 ``use_backend``, and the keyword; torch.nn's own module doing the same is the oracle."""
+import contextlib
+
 import pytest
 import torch
 import torch._dynamo
@@ -176,7 +178,7 @@ def test_native_compiles_exactly_as_torch_nn(how, device, monkeypatch):
             return type(e), str(e).split("\n")[0]
         return "ok"
 
-    ctx = fastcells.use_backend("native") if how == "use_backend" else _null()
+    ctx = fastcells.use_backend("native") if how == "use_backend" else contextlib.nullcontext()
     with ctx:
         got = outcome(fast)
         want = outcome(ref)
@@ -184,14 +186,6 @@ def test_native_compiles_exactly_as_torch_nn(how, device, monkeypatch):
         torch._dynamo.reset()
         for a, b in zip(flat(torch.compile(fast, backend=CB)(x)), flat(ref(x))):
             assert_close(a, b, F32)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_convert_keeps_a_model_compiling(device, monkeypatch):

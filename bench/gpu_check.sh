@@ -16,8 +16,22 @@
 # backward's autograd thread too; a cProfile of the cell's host path).
 # FASTCELLS_CHECK_SWEEPS (comma list, default none): the GPU-only sweeps to
 # run before the benchmark, "directions" (bidirectional layers with both directions in one
-# launch against one after the other, bench/directions_sweep.py) and "tile" (step-kernel tiles,
-# bench/tile_sweep.py); "" for none.
+# launch against one after the other, bench/directions_sweep.py), "tile" (step-kernel tiles,
+# bench/tile_sweep.py) and "persistent" (the persistent layer kernel against the step chain
+# against cuDNN, bench/persistent_sweep.py: OUTDIR/persistent_sweep.json, the dispatch table
+# OUTDIR/persistent_table.json written from its rows, the issue's targets in its log; its share
+# FASTCELLS_CHECK_PERSISTENT_S, default 180 s, the sweep's own budget 30 s less); "" for none.
+# On CPU "persistent" runs the sweep's --dry-run (the interpreter, tiny shapes: the plumbing).
+# FASTCELLS_CHECK_RECURRENCE (auto, step or persistent; default: not set): the test stage runs
+# with FASTCELLS_RECURRENCE set to it, e.g. "persistent" runs the CUDA suite with the persistent
+# path forced wherever it is eligible.  Wherever the persistent path is forced or swept, a smoke
+# call (bench/persistent_sweep.py --smoke, one forced fwd+bwd) first runs under a 90 s timeout
+# of its own: if it hangs (a grid barrier that never opens), the forced tests run unforced and
+# the sweep is skipped, so a hang costs 90 s, not the budget.
+# FASTCELLS_CHECK_BENCH_S=0 skips the quick benchmark and its report, FASTCELLS_CHECK_HOST_S=0
+# the host stage (runs that need only the tests and a sweep).  Everything issue 23 still needs:
+#   FASTCELLS_CHECK_SWEEPS=persistent FASTCELLS_CHECK_RECURRENCE=persistent \
+#   FASTCELLS_CHECK_BENCH_S=0 FASTCELLS_CHECK_HOST_S=0 bash bench/gpu_check.sh OUTDIR
 #
 # It is built to end inside 8 minutes on an H100: every stage runs under `timeout` with a share of a
 # 450 s budget (FASTCELLS_CHECK_BUDGET_S), a failing or slow stage is recorded and the script
@@ -43,6 +57,10 @@ BENCH_MIN_S=${FASTCELLS_CHECK_BENCH_S:-150}   # what the quick benchmark is left
 REPORT_S=${FASTCELLS_CHECK_REPORT_S:-40}   # the table and plots
 LAYERS_S=${FASTCELLS_CHECK_LAYERS_S:-0}    # the layers plan after the quick benchmark (0: none)
 SWEEP_S=80               # each sweep's share at most (GPU only)
+PERSISTENT_S=${FASTCELLS_CHECK_PERSISTENT_S:-180}   # the persistent sweep's share at most
+SMOKE_S=90               # the persistent smoke call's timeout
+RECURRENCE="${FASTCELLS_CHECK_RECURRENCE:-}"
+case $RECURRENCE in ""|auto|step|persistent) ;; *) echo "FASTCELLS_CHECK_RECURRENCE must be auto, step or persistent" >&2; exit 2;; esac
 HOST_S=${FASTCELLS_CHECK_HOST_S:-60}       # the host-overhead stage at most (GPU only)
 SWEEPS_S=0               # what the chosen sweeps are kept
 PROFILE="${FASTCELLS_CHECK_PROFILE:-}"
@@ -51,6 +69,8 @@ PROFILE_S=0              # the profile stage's share (GPU only)
 [ -n "$PROFILE" ] && PROFILE_S=${FASTCELLS_CHECK_PROFILE_S:-60}
 case $SWEEPS in *,tile,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
 case $SWEEPS in *,directions,*) SWEEPS_S=$(( SWEEPS_S + SWEEP_S ));; esac
+case $SWEEPS in *,persistent,*) SWEEPS_S=$(( SWEEPS_S + PERSISTENT_S ));; esac
+[ "$BENCH_MIN_S" -eq 0 ] && REPORT_S=0   # no benchmark: no report either
 SWEEPS_S=$(( SWEEPS_S + PROFILE_S ))   # the profile stage is kept its share the same way
 LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
@@ -184,6 +204,24 @@ except Exception as e:
 PYEOF
 cat "$OUT/versions.txt"
 
+# 2a. Where the persistent path is forced (tests) or swept: one forced fwd+bwd first, under a
+#     short timeout of its own, so that a grid barrier that hangs costs seconds.
+PERSISTENT_HUNG=0
+if [ $HAS_CUDA -eq 1 ] && { [ "$RECURRENCE" = persistent ] || [[ $SWEEPS == *,persistent,* ]]; }; then
+  stage smoke "$SMOKE_S" "$OUT/persistent_smoke.log" "$PY" bench/persistent_sweep.py --smoke
+  rc=$?
+  cat "$OUT/persistent_smoke.log"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    PERSISTENT_HUNG=1
+    say "the persistent smoke call did not end in ${SMOKE_S}s: the tests run unforced, the persistent sweep is skipped"
+  fi
+fi
+TEST_ENV=()
+if [ -n "$RECURRENCE" ] && [ $PERSISTENT_HUNG -eq 0 ]; then
+  TEST_ENV=(env "FASTCELLS_RECURRENCE=$RECURRENCE")
+  say "tests run with FASTCELLS_RECURRENCE=$RECURRENCE"
+fi
+
 # 3. The test suite on CUDA, without the interpreter (on CPU: the bench smoke test only).
 if [ $HAS_CUDA -eq 1 ]; then
   # Compiling the kernels' variants is most of the suite's time there: spread it over the
@@ -191,11 +229,11 @@ if [ $HAS_CUDA -eq 1 ]; then
   XDIST=()
   "$PY" -c "import xdist" 2> /dev/null && XDIST=(-n 12)
   stage tests "$(min $TESTS_MAX_S $(( $(left) - BENCH_MIN_S - HOST_S - SWEEPS_S - REPORT_S - LAYERS_S )))" "$OUT/tests.log" \
-    "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"} --junitxml="$OUT/tests.xml"
+    ${TEST_ENV[@]+"${TEST_ENV[@]}"} "$PY" -m pytest tests -q -rfE -p no:cacheprovider --durations=15 ${XDIST[@]+"${XDIST[@]}"} --junitxml="$OUT/tests.xml"
 else
   say "No CUDA GPU: the full test suite is CI's job (bash .ci/run); running the bench smoke test only."
   stage tests 120 "$OUT/tests.log" \
-    "$PY" -m pytest tests/test_bench_smoke.py -q -rfE -p no:cacheprovider --junitxml="$OUT/tests.xml"
+    ${TEST_ENV[@]+"${TEST_ENV[@]}"} "$PY" -m pytest tests/test_bench_smoke.py -q -rfE -p no:cacheprovider --junitxml="$OUT/tests.xml"
 fi
 TESTS_LINE="$(grep -E '[0-9]+ (passed|failed|error)' "$OUT/tests.log" | tail -n 1)"
 say "tests: ${TESTS_LINE:-no summary line (see tests.log)}"
@@ -203,7 +241,10 @@ grep -E '^(FAILED|ERROR) ' "$OUT/tests.log" | head -n 30 | tee -a "$LOG"
 
 # 3a. Host enqueue time and device time per call, fastcells against torch.nn (cells, a T=16
 #     layer): the calls whose cost is the host path.
-if [ $HAS_CUDA -eq 1 ]; then
+if [ $HAS_CUDA -eq 1 ] && [ "$HOST_S" -eq 0 ]; then
+  say "== host: skipped (FASTCELLS_CHECK_HOST_S=0)"
+  STATUS+=("$(printf '%-9s %s' host "skipped: FASTCELLS_CHECK_HOST_S=0")")
+elif [ $HAS_CUDA -eq 1 ]; then
   stage host "$(min $HOST_S $(( $(left) - BENCH_MIN_S - SWEEPS_S - REPORT_S - LAYERS_S )))" "$OUT/host_overhead.log" \
     "$PY" bench/host_overhead.py --json "$OUT/host_overhead.json"
   tail -n 7 "$OUT/host_overhead.log"
@@ -230,13 +271,40 @@ if [ $HAS_CUDA -eq 1 ] && [[ $SWEEPS == *,tile,* ]]; then
   tail -n 22 "$OUT/tile_sweep.log"
 fi
 
+# 3c. The persistent layer kernel against the step chain and cuDNN; the dispatch table from its
+#     rows (on CPU: the sweep's dry run, the interpreter at tiny shapes).
+if [[ $SWEEPS == *,persistent,* ]]; then
+  if [ $PERSISTENT_HUNG -eq 1 ]; then
+    say "== persistent: skipped, the smoke call hung"
+    STATUS+=("$(printf '%-9s %s' persistent "skipped: the smoke call hung")")
+    FAILED=1
+  else
+    DRY=()
+    LIMIT=$(min $PERSISTENT_S $(( $(left) - BENCH_MIN_S - REPORT_S - LAYERS_S )))
+    if [ $HAS_CUDA -eq 0 ]; then
+      DRY=(--dry-run)
+      LIMIT=$(min 120 $(( $(left) )))
+    fi
+    stage persistent "$LIMIT" "$OUT/persistent_sweep.log" \
+      "$PY" bench/persistent_sweep.py ${DRY[@]+"${DRY[@]}"} --out "$OUT/persistent_sweep.json" \
+      --table "$OUT/persistent_table.json" --budget-s $(( LIMIT > 60 ? LIMIT - 30 : LIMIT / 2 ))
+    tail -n 18 "$OUT/persistent_sweep.log"
+  fi
+fi
+
 # 4. The quick benchmark: rows written after every case; a soft budget stops it starting new
-#    cases in time, and `timeout` is the hard stop.
-BENCH_S=$(( $(left) - REPORT_S - LAYERS_S ))
-stage bench "$BENCH_S" "$OUT/bench.log" \
-  "$PY" bench/run.py --quick ${SELECTION[@]+"${SELECTION[@]}"} --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
-[ -f "$OUT/bench.log" ] && tail -n 3 "$OUT/bench.log"
-JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
+#    cases in time, and `timeout` is the hard stop.  FASTCELLS_CHECK_BENCH_S=0: none.
+JSON=""
+if [ "$BENCH_MIN_S" -eq 0 ]; then
+  say "== bench: skipped (FASTCELLS_CHECK_BENCH_S=0)"
+  STATUS+=("$(printf '%-9s %s' bench "skipped: FASTCELLS_CHECK_BENCH_S=0")")
+else
+  BENCH_S=$(( $(left) - REPORT_S - LAYERS_S ))
+  stage bench "$BENCH_S" "$OUT/bench.log" \
+    "$PY" bench/run.py --quick ${SELECTION[@]+"${SELECTION[@]}"} --out "$OUT" --no-report --budget-s $(( BENCH_S - 60 > 30 ? BENCH_S - 60 : 30 ))
+  [ -f "$OUT/bench.log" ] && tail -n 3 "$OUT/bench.log"
+  JSON="$(ls -t "$OUT"/*_quick*.json 2> /dev/null | head -n 1)"
+fi
 
 # 4b. The layers plan (bench/run.py --layers: fastcells against native over the layer cases,
 #     most important first), where FASTCELLS_CHECK_LAYERS_S gives it time.
@@ -248,7 +316,9 @@ fi
 LAYERS_JSON="$(ls -t "$OUT"/*_layers*.json 2> /dev/null | head -n 1)"
 
 # 5. The markdown table and the plots, drawn from the rows.
-if [ -n "$JSON" ]; then
+if [ "$BENCH_MIN_S" -eq 0 ]; then
+  :   # no benchmark, no report
+elif [ -n "$JSON" ]; then
   stage report "$(min $REPORT_S $(( $(left) + 20 )))" "$OUT/report.log" "$PY" bench/report.py "$JSON"
 else
   say "== report: no JSON rows were written (see bench.log)"
@@ -260,7 +330,13 @@ fi
 echo
 echo "== gpu_check: $(( SECONDS - START ))s in all; files in $OUT"
 printf '  %s\n' "${STATUS[@]}"
-echo "  tests: ${TESTS_LINE:-no summary line}"
+TEST_NOTE=""
+[ ${#TEST_ENV[@]} -gt 0 ] && TEST_NOTE=" (${TEST_ENV[1]})"
+echo "  tests: ${TESTS_LINE:-no summary line}$TEST_NOTE"
+if [ -f "$OUT/persistent_sweep.log" ]; then
+  echo
+  sed -n '/^dispatch table:/,$p' "$OUT/persistent_sweep.log"
+fi
 for rows in "$JSON" "$LAYERS_JSON"; do
   if [ -n "$rows" ]; then
     echo

@@ -207,11 +207,32 @@ def measure(s, impl, device, extra):
     launches go to ``extra[impl]``."""
     from fastcells.kernels.config import RECURRENCE
     os.environ[RECURRENCE.var] = "step" if impl == "cudnn" else impl
+    try:
+        return _measure(s, impl, device, extra)
+    finally:
+        _free(device)      # the module and its tensors are gone with _measure's frame
+
+
+def _measure(s, impl, device, extra):
     m = _module(s, impl, device)
     out = _time_passes(m, s, device)
     peak, launches = _peak_and_launches(m, s, device)
     extra[impl] = dict(peak_mem_mb=peak, launches=launches)
     return out
+
+
+def _free(device):
+    """Give a measurement's device memory back (its module, the step chain's cached CUDA
+    graphs) before the next is built."""
+    import gc
+
+    import torch
+
+    from fastcells.kernels import cuda_graph
+    cuda_graph.clear()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def persistent_plan(s, device):

@@ -207,11 +207,15 @@ def test_dry_run_plumbing(tmp_path, monkeypatch, capsys, table):
     rows = data["rows"]
     assert [(r["cell"], r["packed"], r["H"]) for r in rows] == [("rnn_tanh", False, 5),
                                                                 ("gru", True, 5)]
+    from fastcells.kernels.config import RECURRENCE
+    forced = "persistent" in RECURRENCE.choices   # the switch takes it: the kernel must run
     for r in rows:
         assert r["dry_run"] is True
         for p in ("fwd", "fwd+bwd"):
-            for impl in ("step", "cudnn"):
+            for impl in ("persistent", "step", "cudnn") if forced else ("step", "cudnn"):
                 assert r["ms"][p][impl][0] > 0, (r["errors"], p, impl)
+        if forced:
+            assert r["persistent_plan"] is not None and r["persistent_ran"] is True, r
         assert r["peak_mem_mb"] == dict(persistent=None, step=None, cudnn=None)
     assert "FASTCELLS_RECURRENCE" not in os.environ
     assert tab.exists() == table

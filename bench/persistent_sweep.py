@@ -510,10 +510,15 @@ def main(argv=None):
     device = torch.device("cpu" if args.dry_run else "cuda")
     if args.smoke:
         return smoke(device, args.dry_run)
-    meta = _dry_meta() if args.dry_run else sweep_meta(sweep="persistent")
+    import triton
+    meta = _dry_meta() if args.dry_run else sweep_meta(
+        sweep="persistent", triton=triton.__version__,
+        sms=torch.cuda.get_device_properties(0).multi_processor_count,
+        float32_matmul_precision=torch.get_float32_matmul_precision())
     if args.dry_run:
         print("DRY RUN: CPU, Triton interpreter, shapes scaled to T<=3 B<=2 H<=16; the timings "
               "mean nothing", flush=True)
+    t0 = time.time()          # the budget counts planning too (a plan may compile a kernel)
     shapes = sweep_plan()
     if args.dry_run:
         shapes = list(dict.fromkeys(dry_shape(s) for s in shapes))
@@ -525,7 +530,7 @@ def main(argv=None):
         return plans[s]
     if not args.dry_run:
         shapes = order_grid(shapes, lambda s: isinstance(plan_of(s), dict))
-    rows, t0, done = [], time.time(), set()
+    rows, done = [], set()
     saved_recurrence = os.environ.get(RECURRENCE.var)
     print(f"{'shape':42} {'pass':8} {'persist':>9} {'step':>9} {'cudnn':>9} {'pers/step':>9} "
           f"{'pers/cudnn':>10}  ran", flush=True)

@@ -8,9 +8,12 @@ variable                   values          default    what it chooses
                            native                     (fastcells.backend)
 ``FASTCELLS_CUDA_GRAPHS``  1, 0            1          on CUDA, replay a layer's step launches as
                                                       one CUDA graph (kernels.cuda_graph)
-``FASTCELLS_RECURRENCE``   auto, step      auto       the schedule of a layer's time loop:
-                                                      ``step``, one fused launch per step, is the
-                                                      only one; ``auto`` resolves to it
+``FASTCELLS_RECURRENCE``   auto, step,     auto       the schedule of a layer's time loop:
+                           persistent                 ``step``, one fused launch per step;
+                                                      ``persistent``, the whole loop in one
+                                                      launch wherever it is eligible
+                                                      (kernels.persistent); ``auto``, persistent
+                                                      only where a GPU measured it faster
 ``FASTCELLS_DIRECTIONS``   separate,       separate   EXPERIMENTAL, never timed on a GPU:
                            fused                      ``fused`` runs both directions of a
                                                       bidirectional layer in the same launches
@@ -36,7 +39,8 @@ class Switch(NamedTuple):
 BACKEND = Switch("FASTCELLS_BACKEND", ("auto", "triton", "reference", "native"), "auto",
                  "fastcells backend")
 CUDA_GRAPHS = Switch("FASTCELLS_CUDA_GRAPHS", ("1", "0"), "1", "CUDA graphs setting")
-RECURRENCE = Switch("FASTCELLS_RECURRENCE", ("auto", "step"), "auto", "recurrence schedule")
+RECURRENCE = Switch("FASTCELLS_RECURRENCE", ("auto", "step", "persistent"), "auto",
+                    "recurrence schedule")
 DIRECTIONS = Switch("FASTCELLS_DIRECTIONS", ("separate", "fused"), "separate",
                     "directions setting")
 SWITCHES = (BACKEND, CUDA_GRAPHS, RECURRENCE, DIRECTIONS)
@@ -64,9 +68,9 @@ def cuda_graphs():
 
 
 def schedule():
-    """The time-loop schedule of a layer: "step" (the only one; ``auto`` resolves to it)."""
-    read(RECURRENCE)
-    return "step"
+    """The time-loop schedule asked for: "auto", "step" or "persistent" (kernels.persistent.chosen
+    decides per layer what runs)."""
+    return read(RECURRENCE)
 
 
 def fused_directions():

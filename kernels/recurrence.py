@@ -18,7 +18,7 @@ import threading
 import torch
 import triton
 
-from . import config, cuda_graph
+from . import config, cuda_graph, persistent
 from .common import acc_dtype, bound_launch, check_dtype, dot_flags, step_tiles, tl_dtype
 from .layer import ALL, LayerBuffers, LayerGrads, StepGrads
 
@@ -109,6 +109,9 @@ def layer_forward(kern, inputs, tiles=None):
     if x.dim() == 2 or x.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step(kern, inputs)
     lead, M = _members(x, w_hr)
+    plan = persistent.chosen(kern, inputs)
+    if plan is not None:
+        return persistent.layer_forward(kern, inputs, plan)
     T, B, I = x.shape[-3:]
     GH, K = w_hh.shape[-2:]
     H = GH // kern.gates
@@ -218,6 +221,9 @@ def layer_backward_steps(kern, inputs, buffers, dy, dcn=None, tiles=None):
     if y.dim() == 2 or y.shape[-3] == 1 and batch_sizes is None and w_hr is None:
         return _single_step_backward(kern, inputs, buffers, dy, dcn)
     lead, M = _members(y, w_hr)
+    plan = persistent.chosen(kern, inputs)
+    if plan is not None:
+        return persistent.layer_backward_steps(kern, inputs, buffers, dy, dcn, plan)
     batch_sizes_dev, batch_sizes_host = _active_rows(batch_sizes, y.device)
     T, B, K = y.shape[-3:]
     GH = w_hh.shape[-2]

@@ -1,15 +1,18 @@
 """The persistent schedule: one launch runs a layer-direction's whole time loop.
 
 Program (p, s, m) of the grid owns hidden units ``p * BLOCK_J ...`` (BLOCK_J of them) of member
-m (a direction of a layer, kernels.recurrence), for the BLOCK_B batch rows of slice s.  Before the
-time loop it loads its part of W_hh once and keeps it on chip: forward, all G gate rows of its
-units (G (BLOCK_K, BLOCK_J) tiles, transposed); backward, the matching columns for
-dh_{t-1} = dgates_t W_hh.  Each step it reads the whole h_{t-1} (or dgates_{t+1}) of its batch
-rows from L2 (``.cg``: the other programs wrote it), computes its units' update with the cell's
-own pointwise helpers (kernels.lstm, gru, rnn) and writes its slice; then the programs of its
-(slice, member) group meet at ``grid_barrier``, the one place where programs synchronise.  Batch
-slices and members are independent recurrences: each group counts on its own barrier word.
-State a program owns across steps (the LSTM's c, the backward's dc and carry) stays in registers.
+m (a direction of a layer, kernels.recurrence), for the BLOCK_B batch rows of slice s.  Its part
+of W_hh stays on chip for the whole loop: forward, all G gate rows of its units (G
+(BLOCK_K, BLOCK_J) tiles, transposed); backward, the matching columns for
+dh_{t-1} = dgates_t W_hh.  A small part is loaded once, into registers (RESIDENT); a larger one
+is re-read each step in BLOCK_K chunks and stays in L1, which nothing else fills: what the
+programs exchange (h_{t-1}, dgates_{t+1}) is read through L2 only (``.cg``: other programs
+wrote it).  Each step a program reads the whole h_{t-1} (or dgates_{t+1}) of its batch rows,
+computes its units' update with the cell's own pointwise helpers (kernels.lstm, gru, rnn) and
+writes its slice; then the programs of its (slice, member) group meet at ``grid_barrier``, the
+one place where programs synchronise.  Batch slices and members are independent recurrences:
+each group counts on its own barrier word.  State a program owns across steps (the LSTM's c,
+the backward's dc and carry) stays in registers.
 
 One step per launch (the interpreter): Triton's interpreter runs programs one after another, so
 a spin barrier would never return there.  With BARRIER off the same body runs the steps
@@ -17,9 +20,9 @@ a spin barrier would never return there.  With BARRIER off the same body runs th
 the barrier.  What a program keeps in registers is read from and written to its buffers at a
 launch's ends (cs, carry, dc), so both modes compute the same values in the same order.
 
-Eligible: one direction or stacked directions without projection, T > 1, K == H, and a W_hh
-part that fits ``ON_CHIP_BYTES``, on a grid that can be co-resident (never above the SM count;
-on CUDA launched cooperatively, so the driver refuses a grid that cannot be instead of hanging).
+Eligible: one direction or stacked directions without projection, T > 1, a W_hh part of at most
+``L1_BYTES`` per program, on a grid that can be co-resident (never above the SM count; on CUDA
+launched cooperatively, so the driver refuses a grid that cannot be instead of hanging).
 Everything else, and everything ``FASTCELLS_RECURRENCE`` does not send here, runs the step chain
 (kernels.recurrence).  ``auto`` sends a shape here only where ``TABLE_PATH``, written by
 bench/persistent_sweep.py from GPU rows, measured this path faster on this GPU.
@@ -43,9 +46,18 @@ from .lstm import lstm_cell, lstm_cell_grad
 from .rnn import rnn_cell, rnn_cell_grad
 
 LSTM, GRU, RNN = 0, 1, 2   # the CELL constexpr
-ON_CHIP_BYTES = 64 * 1024  # a program's W_hh part at most (registers of one SM's program)
 BLOCK_J = 16               # hidden units per program (tl.dot needs tiles >= 16)
-MAX_BLOCK_B = 64           # batch rows per program; more rows take more batch slices
+NUM_WARPS = 8
+# A program's part of W_hh (G * H * BLOCK_J elements) stays on chip for the whole loop:
+# in registers (RESIDENT, loaded once) where it takes at most RESIDENT_BYTES, which compiles
+# for sm_90 without spills at BLOCK_B 16 and NUM_WARPS (tests/persistent_ptx_check.py); else
+# streamed from L1 in BLOCK_K chunks each step (read-only, so L1 keeps it: the state other
+# programs write is read around L1).  A part above L1_BYTES would not stay in L1: step chain.
+RESIDENT_BYTES = 16 * 1024
+L1_BYTES = 128 * 1024
+# (BLOCK_B, streamed BLOCK_K), tried in order until the grid fits the SMs: more batch rows per
+# program, a shorter chunk of h per row, the same register footprint
+TILES = ((16, 64), (32, 32), (64, 16))
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "persistent_table.json")
 
 
@@ -78,13 +90,18 @@ def _w_rows(w_ptr, gate, units, ks, mask, H):
 
 
 @triton.jit
+def _rows_cg(a_ptr, rows, ks, mr, mk, stride):
+    """A[rows, ks] of A row-major (``stride`` per row), read through L2 (``.cg``): another
+    program wrote it since this one last looked."""
+    return tl.load(a_ptr + rows[:, None] * stride + ks[None, :], mask=mr[:, None] & mk[None, :],
+                   other=0.0, cache_modifier=".cg")
+
+
+@triton.jit
 def _rows_times(acc, a_ptr, rows, ks, mr, mk, stride, w, UPCAST: tl.constexpr,
                 PRECISION: tl.constexpr):
-    """acc += A[rows, ks] @ w with A row-major (``stride`` per row) read through L2 (``.cg``):
-    another program wrote it since this one last looked."""
-    a = tl.load(a_ptr + rows[:, None] * stride + ks[None, :], mask=mr[:, None] & mk[None, :],
-                other=0.0, cache_modifier=".cg")
-    return dot_acc(acc, a, w, UPCAST, PRECISION)
+    """acc += A[rows, ks] @ w, A read as ``_rows_cg`` reads it."""
+    return dot_acc(acc, _rows_cg(a_ptr, rows, ks, mr, mk, stride), w, UPCAST, PRECISION)
 
 
 @triton.jit(do_not_specialize=["t0", "t1"])
@@ -102,7 +119,7 @@ def _persistent_fwd_kernel(
     sem_ptr,    # (M, NB) int32 barrier words, zero (BARRIER)
     t0, t1, T, B, H,
     CELL: tl.constexpr, RELU: tl.constexpr, HAS_BIAS: tl.constexpr,
-    HAS_BATCH_SIZES: tl.constexpr, BARRIER: tl.constexpr,
+    HAS_BATCH_SIZES: tl.constexpr, BARRIER: tl.constexpr, RESIDENT: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -125,14 +142,16 @@ def _persistent_fwd_kernel(
     units = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     ks = tl.arange(0, BLOCK_K)
     mr, mc, mk = rows < B, units < H, ks < H
-    wmask = mk[:, None] & mc[None, :]
-    # this program's rows of W_hh, on chip for the whole loop
-    w0 = _w_cols(w_ptr, 0, units, ks, wmask, H, H)
-    if CELL != 2:
-        w1 = _w_cols(w_ptr, 1, units, ks, wmask, H, H)
-        w2 = _w_cols(w_ptr, 2, units, ks, wmask, H, H)
+    if RESIDENT:
+        # this program's rows of W_hh, in registers for the whole loop (BLOCK_K covers H)
+        wmask = mk[:, None] & mc[None, :]
+        w0 = _w_cols(w_ptr, 0, units, ks, wmask, H, H)
+        if CELL != 2:
+            w1 = _w_cols(w_ptr, 1, units, ks, wmask, H, H)
+            w2 = _w_cols(w_ptr, 2, units, ks, wmask, H, H)
+        if CELL == 0:
+            w3 = _w_cols(w_ptr, 3, units, ks, wmask, H, H)
     if CELL == 0:
-        w3 = _w_cols(w_ptr, 3, units, ks, wmask, H, H)
         c = prev_state(t0, c0_ptr, cs_ptr, rows, units, B, H, mr, mc, ACC)
     if BARRIER:
         sem = sem_ptr + m * tl.num_programs(1) + tl.program_id(1)
@@ -144,16 +163,44 @@ def _persistent_fwd_kernel(
         else:
             h_prev = y_ptr + (t64 - 1) * B * H
         xp_t = xp_ptr + t64 * B * GH
-        a0 = _rows_times(load_tile(xp_t, rows, units, GH, mr, mc, ACC), h_prev, rows, ks, mr,
-                         mk, H, w0, UPCAST, PRECISION)
+        # the x side, then the h side added: a0..a3 the gates' pre-activations (GRU: a2 is
+        # h W_hn^T alone, its x side x_n kept apart for r to scale)
+        a0 = load_tile(xp_t, rows, units, GH, mr, mc, ACC)
+        if CELL != 2:
+            a1 = load_tile(xp_t, rows, units + H, GH, mr, mc, ACC)
+        if CELL == 0:
+            a2 = load_tile(xp_t, rows, units + 2 * H, GH, mr, mc, ACC)
+            a3 = load_tile(xp_t, rows, units + 3 * H, GH, mr, mc, ACC)
+        if CELL == 1:
+            x_n = load_tile(xp_t, rows, units + 2 * H, GH, mr, mc, ACC)
+            a2 = tl.zeros((BLOCK_B, BLOCK_J), dtype=ACC)
+        if RESIDENT:
+            hk = _rows_cg(h_prev, rows, ks, mr, mk, H)   # h_{t-1}: one load serves every gate
+            a0 = dot_acc(a0, hk, w0, UPCAST, PRECISION)
+            if CELL != 2:
+                a1 = dot_acc(a1, hk, w1, UPCAST, PRECISION)
+                a2 = dot_acc(a2, hk, w2, UPCAST, PRECISION)
+            if CELL == 0:
+                a3 = dot_acc(a3, hk, w3, UPCAST, PRECISION)
+        else:
+            # W_hh's rows stream through L1 in BLOCK_K chunks: read-only, re-read every step,
+            # while h bypasses L1 (.cg) and leaves them cached
+            for k0 in range(0, H, BLOCK_K):
+                kk = k0 + ks
+                mkk = kk < H
+                wm = mkk[:, None] & mc[None, :]
+                hk = _rows_cg(h_prev, rows, kk, mr, mkk, H)
+                a0 = dot_acc(a0, hk, _w_cols(w_ptr, 0, units, kk, wm, H, H), UPCAST, PRECISION)
+                if CELL != 2:
+                    a1 = dot_acc(a1, hk, _w_cols(w_ptr, 1, units, kk, wm, H, H), UPCAST,
+                                 PRECISION)
+                    a2 = dot_acc(a2, hk, _w_cols(w_ptr, 2, units, kk, wm, H, H), UPCAST,
+                                 PRECISION)
+                if CELL == 0:
+                    a3 = dot_acc(a3, hk, _w_cols(w_ptr, 3, units, kk, wm, H, H), UPCAST,
+                                 PRECISION)
         hp = load_tile(h_prev, rows, units, H, mr, mc, ACC)
         if CELL == 0:
-            a1 = _rows_times(load_tile(xp_t, rows, units + H, GH, mr, mc, ACC), h_prev, rows,
-                             ks, mr, mk, H, w1, UPCAST, PRECISION)
-            a2 = _rows_times(load_tile(xp_t, rows, units + 2 * H, GH, mr, mc, ACC), h_prev,
-                             rows, ks, mr, mk, H, w2, UPCAST, PRECISION)
-            a3 = _rows_times(load_tile(xp_t, rows, units + 3 * H, GH, mr, mc, ACC), h_prev,
-                             rows, ks, mr, mk, H, w3, UPCAST, PRECISION)
             i, f, g, o, c_new, h = lstm_cell(a0, a1, a2, a3, c, b_ih_ptr, b_hh_ptr, units, mc,
                                              H, HAS_BIAS, ACC)
             if HAS_BATCH_SIZES:
@@ -169,12 +216,7 @@ def _persistent_fwd_kernel(
             store_tile(s_t, g, rows, units + 2 * H, 4 * H, mr, mc)
             store_tile(s_t, o, rows, units + 3 * H, 4 * H, mr, mc)
         elif CELL == 1:
-            a1 = _rows_times(load_tile(xp_t, rows, units + H, GH, mr, mc, ACC), h_prev, rows,
-                             ks, mr, mk, H, w1, UPCAST, PRECISION)
-            x_n = load_tile(xp_t, rows, units + 2 * H, GH, mr, mc, ACC)
-            h_n = _rows_times(tl.zeros((BLOCK_B, BLOCK_J), dtype=ACC), h_prev, rows, ks, mr,
-                              mk, H, w2, UPCAST, PRECISION)
-            r, z, n, h_n, h = gru_cell(a0, a1, x_n, h_n, hp, b_ih_ptr, b_hh_ptr, units, mc, H,
+            r, z, n, h_n, h = gru_cell(a0, a1, x_n, a2, hp, b_ih_ptr, b_hh_ptr, units, mc, H,
                                        HAS_BIAS, ACC)
             if HAS_BATCH_SIZES:
                 h = tl.where(active_rows(batch_sizes_ptr, t, rows), h, hp)
@@ -210,7 +252,7 @@ def _persistent_bwd_kernel(
     sem_ptr,    # (M, NB) int32 barrier words, zero (BARRIER)
     t0, t1, T, B, H,
     CELL: tl.constexpr, RELU: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr,
-    HAS_DCN: tl.constexpr, BARRIER: tl.constexpr,
+    HAS_DCN: tl.constexpr, BARRIER: tl.constexpr, RESIDENT: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -240,14 +282,15 @@ def _persistent_bwd_kernel(
     units = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
     ks = tl.arange(0, BLOCK_K)
     mr, mc, mk = rows < B, units < H, ks < H
-    wmask = mk[:, None] & mc[None, :]
-    # this program's columns of W_hh, on chip for the whole loop
-    w0 = _w_rows(w_ptr, 0, units, ks, wmask, H)
-    if CELL != 2:
-        w1 = _w_rows(w_ptr, 1, units, ks, wmask, H)
-        w2 = _w_rows(w_ptr, 2, units, ks, wmask, H)
-    if CELL == 0:
-        w3 = _w_rows(w_ptr, 3, units, ks, wmask, H)
+    if RESIDENT:
+        # this program's columns of W_hh, in registers for the whole loop (BLOCK_K covers H)
+        wmask = mk[:, None] & mc[None, :]
+        w0 = _w_rows(w_ptr, 0, units, ks, wmask, H)
+        if CELL != 2:
+            w1 = _w_rows(w_ptr, 1, units, ks, wmask, H)
+            w2 = _w_rows(w_ptr, 2, units, ks, wmask, H)
+        if CELL == 0:
+            w3 = _w_rows(w_ptr, 3, units, ks, wmask, H)
     if t1 < T:
         carry = load_tile(carry_ptr, rows, units, H, mr, mc, ACC)
     else:
@@ -268,12 +311,31 @@ def _persistent_bwd_kernel(
         dh = load_tile(dy_ptr + t64 * B * H, rows, units, H, mr, mc, ACC) + carry
         if t + 1 < T:
             dg = dgh_ptr + (t64 + 1) * B * GH   # dgates_{t+1}, written by every program
-            dh = _rows_times(dh, dg, rows, ks, mr, mk, GH, w0, UPCAST, PRECISION)
-            if CELL != 2:
-                dh = _rows_times(dh, dg + H, rows, ks, mr, mk, GH, w1, UPCAST, PRECISION)
-                dh = _rows_times(dh, dg + 2 * H, rows, ks, mr, mk, GH, w2, UPCAST, PRECISION)
-            if CELL == 0:
-                dh = _rows_times(dh, dg + 3 * H, rows, ks, mr, mk, GH, w3, UPCAST, PRECISION)
+            if RESIDENT:
+                dh = _rows_times(dh, dg, rows, ks, mr, mk, GH, w0, UPCAST, PRECISION)
+                if CELL != 2:
+                    dh = _rows_times(dh, dg + H, rows, ks, mr, mk, GH, w1, UPCAST, PRECISION)
+                    dh = _rows_times(dh, dg + 2 * H, rows, ks, mr, mk, GH, w2, UPCAST,
+                                     PRECISION)
+                if CELL == 0:
+                    dh = _rows_times(dh, dg + 3 * H, rows, ks, mr, mk, GH, w3, UPCAST,
+                                     PRECISION)
+            else:
+                # as the forward: W_hh's columns stream through L1, dgates bypass it
+                for k0 in range(0, H, BLOCK_K):
+                    kk = k0 + ks
+                    mkk = kk < H
+                    wm = mkk[:, None] & mc[None, :]
+                    dh = _rows_times(dh, dg, rows, kk, mr, mkk, GH,
+                                     _w_rows(w_ptr, 0, units, kk, wm, H), UPCAST, PRECISION)
+                    if CELL != 2:
+                        dh = _rows_times(dh, dg + H, rows, kk, mr, mkk, GH,
+                                         _w_rows(w_ptr, 1, units, kk, wm, H), UPCAST, PRECISION)
+                        dh = _rows_times(dh, dg + 2 * H, rows, kk, mr, mkk, GH,
+                                         _w_rows(w_ptr, 2, units, kk, wm, H), UPCAST, PRECISION)
+                    if CELL == 0:
+                        dh = _rows_times(dh, dg + 3 * H, rows, kk, mr, mkk, GH,
+                                         _w_rows(w_ptr, 3, units, kk, wm, H), UPCAST, PRECISION)
         if CELL == 0:
             s_t = saved_ptr + t64 * B * 4 * H
             i = load_tile(s_t, rows, units, 4 * H, mr, mc, ACC)
@@ -323,12 +385,15 @@ def _persistent_bwd_kernel(
 # ----------------------------------------------------------------------------- host side
 class Plan(NamedTuple):
     """How a layer runs on this path: the grid (hidden slices P, batch slices NB, members M),
-    the tiles and warps, and whether one launch runs the loop (``barrier``) or one per step."""
+    the tiles and warps, whether W_hh's part sits in registers (``resident``: BLOCK_K covers H)
+    or streams in BLOCK_K chunks, and whether one launch runs the loop (``barrier``) or one
+    launch per step does."""
     grid: Tuple[int, int, int]
     block_b: int
     block_j: int
     block_k: int
     num_warps: int
+    resident: bool
     barrier: bool
 
 
@@ -353,21 +418,24 @@ def _sm_count(device):
 
 def plan(kern, B, H, dtype, device, members=1) -> Optional[Plan]:
     """The Plan of a (members, T, B, H) layer of cell ``kern`` (``CellKernels``), or None
-    where this path does not run it: W_hh's part per program above ON_CHIP_BYTES, or more
-    programs than SMs (programs wait on each other: all must be resident at once)."""
+    where this path does not run it: W_hh's part per program above L1_BYTES, or more programs
+    than SMs at every tile of TILES (programs wait on each other: all must be resident)."""
     if B == 0 or H == 0:
         return None
-    block_k = max(16, triton.next_power_of_2(H))
-    on_chip = kern.gates * block_k * BLOCK_J * torch.empty((), dtype=dtype).element_size()
-    if on_chip > ON_CHIP_BYTES:
+    elem = torch.empty((), dtype=dtype).element_size()
+    if kern.gates * H * BLOCK_J * elem > L1_BYTES:
         return None
-    block_b = min(MAX_BLOCK_B, max(16, triton.next_power_of_2(B)))
-    grid = (triton.cdiv(H, BLOCK_J), triton.cdiv(B, block_b), members)
-    warps = 8 if on_chip > 16 * 1024 else 4
     barrier = device.type == "cuda" and not interpreting()
-    if barrier and grid[0] * grid[1] * grid[2] > _sm_count(device):
+    for block_b, block_k in TILES:
+        grid = (triton.cdiv(H, BLOCK_J), triton.cdiv(B, block_b), members)
+        if not barrier or grid[0] * grid[1] * grid[2] <= _sm_count(device):
+            break
+    else:
         return None
-    return Plan(grid, block_b, BLOCK_J, block_k, warps, barrier)
+    k_all = max(16, triton.next_power_of_2(H))
+    resident = block_b == TILES[0][0] and kern.gates * k_all * BLOCK_J * elem <= RESIDENT_BYTES
+    return Plan(grid, block_b, BLOCK_J, k_all if resident else min(block_k, k_all), NUM_WARPS,
+                resident, barrier)
 
 
 _table = {}   # path -> (mtime, rows)
@@ -425,7 +493,7 @@ def chosen(kern, inputs) -> Optional[Plan]:
 def _meta(p, kern, dtype):
     cell, relu, _ = _cell(kern)
     upcast, precision = dot_flags(dtype, torch._C._get_cudnn_allow_tf32())
-    opts = dict(CELL=cell, RELU=relu, BARRIER=p.barrier, ACC=tl_dtype(acc_dtype(dtype)),
+    opts = dict(CELL=cell, RELU=relu, BARRIER=p.barrier, RESIDENT=p.resident, ACC=tl_dtype(acc_dtype(dtype)),
                 UPCAST=upcast, PRECISION=precision, BLOCK_B=p.block_b, BLOCK_J=p.block_j,
                 BLOCK_K=p.block_k, num_warps=p.num_warps)
     if p.barrier:

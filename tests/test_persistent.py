@@ -80,11 +80,12 @@ def triton_cdiv(a, b):
     return -(-a // b)
 
 
-def _run(kind, mode, monkeypatch, device, packed=False, dtype=torch.float64, switch=None):
+def _run(kind, mode, monkeypatch, device, packed=False, dtype=torch.float64, switch=None,
+         hidden=H):
     """Outputs and gradients of a two-layer bidirectional ``kind`` under FASTCELLS_RECURRENCE
     ``mode`` (``switch``: the schedule the backward runs, if another)."""
     monkeypatch.setenv("FASTCELLS_RECURRENCE", mode)
-    _, fast = twins(KINDS, kind, I, H, backend="triton", device=device, dtype=dtype,
+    _, fast = twins(KINDS, kind, I, hidden, backend="triton", device=device, dtype=dtype,
                     num_layers=2, bidirectional=True)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64).to(device, dtype)
@@ -190,7 +191,7 @@ def test_not_chosen_unless_asked_or_measured(setting, monkeypatch, device):
 
 
 def test_ineligible_layers_take_the_step_chain(forced, device):
-    """A projection (LSTM proj_size), a single step and a W_hh part above ON_CHIP_BYTES run the
+    """A projection (LSTM proj_size), a single step and a W_hh part above L1_BYTES run the
     step chain even when persistent is forced."""
     _, fast = twins(KINDS, "lstm", I, H, backend="triton", device=device, proj_size=3)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
@@ -199,15 +200,34 @@ def test_ineligible_layers_take_the_step_chain(forced, device):
     fast(x[:1])[0].sum().backward()
     assert forced == {"fwd": [], "bwd": []}
     kern = fastcells.cells.CELLS["lstm"].kernels
-    big = persistent.ON_CHIP_BYTES // (4 * persistent.BLOCK_J * 8) + 1   # fp64 bytes
-    assert persistent.plan(kern, 4, big, torch.float64, torch.device(device)) is None
-    assert persistent.plan(kern, 4, 64, torch.float32, torch.device(device)) is not None
+    big = persistent.L1_BYTES // (4 * persistent.BLOCK_J * 4) + 1   # fp32 bytes
+    assert persistent.plan(kern, 4, big, torch.float32, torch.device(device)) is None
+    assert persistent.plan(kern, 4, big - 1, torch.float32, torch.device(device)) is not None
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_streamed_weights(kind, monkeypatch, device):
+    """W_hh's part streamed in BLOCK_K chunks (not RESIDENT), several chunks per step: the same
+    results as the step chain."""
+    monkeypatch.setattr(persistent, "RESIDENT_BYTES", 0)
+    monkeypatch.setattr(persistent, "TILES", ((16, 16),))
+    kern = fastcells.cells.CELLS[kind].kernels
+    p = persistent.plan(kern, B, 37, torch.float64, torch.device(device))
+    assert not p.resident and p.block_k == 16
+    count = count_persistent(monkeypatch)
+    step = _run(kind, "step", monkeypatch, device, packed=True, hidden=37)   # 3 chunks of 16
+    pers = _run(kind, "persistent", monkeypatch, device, packed=True, hidden=37)
+    assert count["fwd"] and count["bwd"]
+    for a, b in zip(pers, step):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("B_", [1, 17, 70])
 def test_plan_tiles_the_batch(B_, device):
     kern = fastcells.cells.CELLS["gru"].kernels
     p = persistent.plan(kern, B_, 40, torch.float32, torch.device(device), members=2)
-    assert p.block_b >= 16 and p.grid[1] * p.block_b >= B_ and p.grid[1] == -(-B_ // p.block_b)
+    assert p.grid[1] * p.block_b >= B_ and p.grid[1] == -(-B_ // p.block_b)
     assert p.grid[0] * p.block_j >= 40 and p.grid[2] == 2
-    assert p.block_k >= 40 and p.barrier == (device == "cuda")
+    assert p.resident and p.block_k >= 40 and p.barrier == (device == "cuda")
+    big = persistent.plan(kern, B_, 512, torch.bfloat16, torch.device(device))
+    assert not big.resident and big.block_k < 512

@@ -48,6 +48,9 @@ from .rnn import rnn_cell, rnn_cell_grad
 LSTM, GRU, RNN = 0, 1, 2   # the CELL constexpr
 BLOCK_J = 16               # hidden units per program (tl.dot needs tiles >= 16)
 NUM_WARPS = 8
+# No software pipelining: the pipeliner turns a loop's loads into cp.async.ca, through L1,
+# which is not coherent between programs; h and dgates must be read .cg (L2) every step.
+NUM_STAGES = 1
 # A program's part of W_hh (G * H * BLOCK_J elements) stays on chip for the whole loop:
 # in registers (RESIDENT, loaded once) where it takes at most RESIDENT_BYTES, which compiles
 # for sm_90 without spills at BLOCK_B 16 and NUM_WARPS (tests/persistent_ptx_check.py); else
@@ -57,7 +60,7 @@ RESIDENT_BYTES = 16 * 1024
 L1_BYTES = 128 * 1024
 # (BLOCK_B, streamed BLOCK_K), tried in order until the grid fits the SMs: more batch rows per
 # program, a shorter chunk of h per row, the same register footprint
-TILES = ((16, 64), (32, 32), (64, 16))
+TILES = ((16, 32), (32, 16), (64, 16))
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "persistent_table.json")
 
 
@@ -493,9 +496,10 @@ def chosen(kern, inputs) -> Optional[Plan]:
 def _meta(p, kern, dtype):
     cell, relu, _ = _cell(kern)
     upcast, precision = dot_flags(dtype, torch._C._get_cudnn_allow_tf32())
-    opts = dict(CELL=cell, RELU=relu, BARRIER=p.barrier, RESIDENT=p.resident, ACC=tl_dtype(acc_dtype(dtype)),
-                UPCAST=upcast, PRECISION=precision, BLOCK_B=p.block_b, BLOCK_J=p.block_j,
-                BLOCK_K=p.block_k, num_warps=p.num_warps)
+    opts = dict(CELL=cell, RELU=relu, BARRIER=p.barrier, RESIDENT=p.resident,
+                ACC=tl_dtype(acc_dtype(dtype)), UPCAST=upcast, PRECISION=precision,
+                BLOCK_B=p.block_b, BLOCK_J=p.block_j, BLOCK_K=p.block_k,
+                num_warps=p.num_warps, num_stages=NUM_STAGES)
     if p.barrier:
         opts["launch_cooperative_grid"] = True
     return opts

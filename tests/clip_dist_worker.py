@@ -195,12 +195,27 @@ def run(rank, store_path, out_path):
     dist.destroy_process_group()
 
 
+def child_main(rank, store_path, out_path):
+    """Rank 1's process: run, then leave without the interpreter's teardown.  Torch's static
+    destructors at exit can meet a still-joinable gloo thread and abort the process
+    ("terminate called without an active exception", SIGABRT) after all its work is done."""
+    code = 0
+    try:
+        run(rank, store_path, out_path)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(out_path):
     """Rank 0 in this process, rank 1 in a spawned one (one interpreter start fewer)."""
     os.environ["TRITON_INTERPRET"] = "1"     # CPU tensors; before fastcells (and triton) load
     with tempfile.TemporaryDirectory() as tmp:
         store = os.path.join(tmp, "store")
-        child = mp.get_context("spawn").Process(target=run, args=(1, store, out_path))
+        child = mp.get_context("spawn").Process(target=child_main, args=(1, store, out_path))
         child.start()
         try:
             run(0, store, out_path)
@@ -214,3 +229,6 @@ def main(out_path):
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)   # as child_main: no teardown to abort after the results are written

@@ -70,6 +70,8 @@ setup(
     # kernels/ is installed as fastcells.kernels; never as a top-level "kernels" package.
     packages=["fastcells", "fastcells.kernels"],
     package_dir={"fastcells": "fastcells", "fastcells.kernels": "kernels"},
+    # the persistent schedule's GPU-measured dispatch table, where one is committed
+    package_data={"fastcells.kernels": ["persistent_table.json"]},
     # The oldest versions the tests have run on (torch 2.11 and 2.13, triton 3.6): declare no
     # older, since fastcells/_dynamo_support.py patches Dynamo internals that move between releases.
     install_requires=["torch>=2.11", "triton>=3.6", "numpy"],

@@ -6,6 +6,10 @@ run as two stacked members of one ``rnn_ops.run_layer`` call, in the same launch
 (``kernels.recurrence``'s member axis).  It halves the step launches but stacks both directions'
 inputs and weights at every call; ``bench/directions_sweep.py`` is the measurement that would
 decide whether it becomes the default.
+
+The persistent schedule, ``FASTCELLS_RECURRENCE=persistent``, is opt-in the same way for the
+same reason; it lives with its kernels (:mod:`fastcells.kernels.persistent`), and ``auto``
+takes it only where a GPU-measured table committed beside them says it is faster.
 """
 import torch
 

@@ -40,6 +40,7 @@ import triton.language as tl
 from . import config
 from .common import (acc_dtype, active_rows, bias_pair, dot_acc, dot_flags, interpreting,
                      load_tile, prev_state, store_tile, tl_dtype)
+from . import gru, lstm, rnn
 from .gru import gru_cell, gru_cell_grad
 from .layer import LayerBuffers, StepGrads
 from .lstm import lstm_cell, lstm_cell_grad
@@ -401,12 +402,15 @@ class Plan(NamedTuple):
 
 
 def _cell(kern):
-    """(CELL constexpr, RELU, torch's mode name) of a cell's kernels (their gate count and
-    nonlinearity say which)."""
+    """(CELL constexpr, RELU, torch's mode name) of a cell's kernels (``CellKernels``), or
+    None for a cell this kernel has no branch for (a new cell runs the step chain until it
+    gets one)."""
     relu = bool(kern.consts.get("RELU", False))
-    cell = {4: LSTM, 3: GRU, 1: RNN}[kern.gates]
-    name = ("LSTM", "GRU", "RNN_RELU" if relu else "RNN_TANH")[cell]
-    return cell, relu, name.lower()
+    for family, cell in ((lstm.KERNELS, LSTM), (gru.KERNELS, GRU), (rnn.TANH, RNN)):
+        if kern.fwd is family.fwd:
+            name = ("lstm", "gru", "rnn_relu" if relu else "rnn_tanh")[cell]
+            return cell, relu, name
+    return None
 
 
 _sms = {}
@@ -421,9 +425,10 @@ def _sm_count(device):
 
 def plan(kern, B, H, dtype, device, members=1) -> Optional[Plan]:
     """The Plan of a (members, T, B, H) layer of cell ``kern`` (``CellKernels``), or None
-    where this path does not run it: W_hh's part per program above L1_BYTES, or more programs
-    than SMs at every tile of TILES (programs wait on each other: all must be resident)."""
-    if B == 0 or H == 0:
+    where this path does not run it: a cell it has no branch for, W_hh's part per program above
+    L1_BYTES, or more programs than SMs at every tile of TILES (programs wait on each other:
+    all must be resident)."""
+    if B == 0 or H == 0 or _cell(kern) is None:
         return None
     elem = torch.empty((), dtype=dtype).element_size()
     if kern.gates * H * BLOCK_J * elem > L1_BYTES:

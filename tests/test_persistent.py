@@ -4,6 +4,8 @@ per launch (the launch boundary standing in for the grid barrier), the same body
 order as one launch; here it is checked in float64 against torch.nn's modules and against the
 step chain, forward and backward, for every cell, packed, bidirectional (separate and stacked
 members), by gradcheck, and under torch.compile as users call it."""
+import dataclasses
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -203,6 +205,9 @@ def test_ineligible_layers_take_the_step_chain(forced, device):
     big = persistent.L1_BYTES // (4 * persistent.BLOCK_J * 4) + 1   # fp32 bytes
     assert persistent.plan(kern, 4, big, torch.float32, torch.device(device)) is None
     assert persistent.plan(kern, 4, big - 1, torch.float32, torch.device(device)) is not None
+    # a cell with kernels of its own (four gates, say, but not the LSTM's) has no branch here
+    other = dataclasses.replace(kern, fwd=object())
+    assert persistent.plan(other, 4, 8, torch.float32, torch.device(device)) is None
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

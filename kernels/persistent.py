@@ -67,18 +67,30 @@ TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "persisten
 
 # ----------------------------------------------------------------------------- jit helpers
 @triton.jit
-def grid_barrier(counter_ptr, target):
-    """Arrive at and wait on the barrier word ``counter_ptr`` (int32, zero at launch) until it
-    reads ``target``: the number of programs in the group times the barriers passed so far.
-    The arrival is a release (this program's stores before it are visible to any program that
-    acquires after it), the spin an acquire at GPU scope; the word only grows, so one word
-    serves every step of a launch (n * T < 2**31)."""
+def grid_barrier(sem_ptr, n):
+    """The ``n``-th barrier (n = 1, 2, ...) of this program's group: the programs of its batch
+    slice and member, one word of ``sem_ptr`` (M, NB) int32, zero at launch.  Each arrival
+    adds 1 and the word only grows, so a program waits until it reads n * (group size): one
+    word serves every step of a launch (n * P < 2**31).  The arrival is a release (this
+    program's stores before it are visible to any program that acquires after it), the spin an
+    acquire, both at GPU scope."""
+    word = sem_ptr + tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)
+    target = n * tl.num_programs(0)
     tl.debug_barrier()   # every thread of this program has stored its part
-    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
-    seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.atomic_add(word, 1, sem="release", scope="gpu")
+    seen = tl.atomic_add(word, 0, sem="acquire", scope="gpu")
     while seen < target:
-        seen = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+        seen = tl.atomic_add(word, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def _slice(B, H, BLOCK_B: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+    """This program's batch rows (int64), hidden units, K lanes, and their masks."""
+    rows = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    units = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
+    ks = tl.arange(0, BLOCK_K)
+    return rows, units, ks, rows < B, units < H, ks < H
 
 
 @triton.jit
@@ -142,10 +154,7 @@ def _persistent_fwd_kernel(
         cs_ptr += m * T * B * H
     if CELL != 2:
         saved_ptr += m * T * B * 4 * H
-    rows = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    units = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
-    ks = tl.arange(0, BLOCK_K)
-    mr, mc, mk = rows < B, units < H, ks < H
+    rows, units, ks, mr, mc, mk = _slice(B, H, BLOCK_B, BLOCK_J, BLOCK_K)
     if RESIDENT:
         # this program's rows of W_hh, in registers for the whole loop (BLOCK_K covers H)
         wmask = mk[:, None] & mc[None, :]
@@ -157,9 +166,6 @@ def _persistent_fwd_kernel(
             w3 = _w_cols(w_ptr, 3, units, ks, wmask, H, H)
     if CELL == 0:
         c = prev_state(t0, c0_ptr, cs_ptr, rows, units, B, H, mr, mc, ACC)
-    if BARRIER:
-        sem = sem_ptr + m * tl.num_programs(1) + tl.program_id(1)
-        P = tl.num_programs(0)
     for t in range(t0, t1):
         t64 = tl.cast(t, tl.int64)
         if t == 0:
@@ -235,7 +241,7 @@ def _persistent_fwd_kernel(
                 h = tl.where(active_rows(batch_sizes_ptr, t, rows), h, hp)
         store_tile(y_ptr + t64 * B * H, h, rows, units, H, mr, mc)
         if BARRIER:
-            grid_barrier(sem, (t - t0 + 1) * P)
+            grid_barrier(sem_ptr, t - t0 + 1)
 
 
 @triton.jit(do_not_specialize=["t0", "t1"])
@@ -282,10 +288,7 @@ def _persistent_bwd_kernel(
         dgh_ptr += m * T * B * GH
     else:
         dgh_ptr = dgx_ptr   # one gradient serves both sides
-    rows = (tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    units = tl.program_id(0) * BLOCK_J + tl.arange(0, BLOCK_J)
-    ks = tl.arange(0, BLOCK_K)
-    mr, mc, mk = rows < B, units < H, ks < H
+    rows, units, ks, mr, mc, mk = _slice(B, H, BLOCK_B, BLOCK_J, BLOCK_K)
     if RESIDENT:
         # this program's columns of W_hh, in registers for the whole loop (BLOCK_K covers H)
         wmask = mk[:, None] & mc[None, :]
@@ -306,9 +309,6 @@ def _persistent_bwd_kernel(
             dc = load_tile(dcn_ptr, rows, units, H, mr, mc, ACC)
         else:
             dc = tl.zeros((BLOCK_B, BLOCK_J), dtype=ACC)
-    if BARRIER:
-        sem = sem_ptr + m * tl.num_programs(1) + tl.program_id(1)
-        P = tl.num_programs(0)
     for step in range(t0, t1):
         t = t1 - 1 - (step - t0)   # backwards in time
         t64 = tl.cast(t, tl.int64)
@@ -380,7 +380,7 @@ def _persistent_bwd_kernel(
             d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
             store_tile(dgx_ptr + t64 * B * GH, d, rows, units, GH, mr, mc)
         if BARRIER:
-            grid_barrier(sem, (step - t0 + 1) * P)
+            grid_barrier(sem_ptr, step - t0 + 1)
     store_tile(carry_ptr, carry, rows, units, H, mr, mc)
     if CELL == 0:
         store_tile(dc_ptr, dc, rows, units, H, mr, mc)

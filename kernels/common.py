@@ -32,31 +32,12 @@ def dot_acc(acc, a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr,
-                    cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
-                    GATES: tl.constexpr, SAVED: tl.constexpr):
-    """The forward step's pointers moved to member ``program_id(2)``: M independent
+def member(ptr, n, width):
+    """``ptr`` moved to member ``program_id(2)`` of a stack of (n, width) tensors: M independent
     recurrences of one shape (the two directions of a layer) run in one launch, each tensor
-    stacked on a leading member dimension.  Member 0 is the tensors as passed."""
-    m = tl.program_id(2).to(tl.int64)
-    G = GATES * H
-    return (xp_ptr + m * T * B * G, x_ptr + m * T * B * I, w_ih_ptr + m * G * I,
-            w_ptr + m * G * K, b_ih_ptr + m * G, b_hh_ptr + m * G, h0_ptr + m * B * K,
-            c0_ptr + m * B * H, y_ptr + m * T * B * K, cs_ptr + m * T * B * H,
-            out_ptr + m * T * B * H, saved_ptr + m * T * B * SAVED * H)
-
-
-@triton.jit
-def member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr,
-                    dgh_ptr, carry_ptr, dc_ptr, T, B, H, K,
-                    GATES: tl.constexpr, SAVED: tl.constexpr):
-    """The backward step's pointers moved to member ``program_id(2)`` (see member_fwd_ptrs)."""
-    m = tl.program_id(2).to(tl.int64)
-    G = GATES * H
-    return (dy_ptr + m * T * B * H, w_ptr + m * G * K, saved_ptr + m * T * B * SAVED * H,
-            h0_ptr + m * B * K, y_ptr + m * T * B * K, c0_ptr + m * B * H,
-            cs_ptr + m * T * B * H, dcn_ptr + m * B * H, dgx_ptr + m * T * B * G,
-            dgh_ptr + m * T * B * G, carry_ptr + m * B * K, dc_ptr + m * B * H)
+    stacked on a leading member dimension.  Member 0 is the tensor as passed; the offset is
+    64-bit.  Only a pointer that is not None may be moved (guard optional ones by their flag)."""
+    return ptr + tl.cast(tl.program_id(2), tl.int64) * n * width
 
 
 @triton.jit
@@ -291,26 +272,35 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
     return block_b, block_h, block_k, STEP_WARPS
 
 
-_param_sets = {}   # id(kernel.arg_names) -> (that list, its names as a set): host time per call
+LAUNCH_OPTIONS = ("num_warps", "num_stages")   # what a launch takes beside the kernel's parameters
+
+
+def _bind(kernel, args, varying=None):
+    """(the kernel's arguments in its order, launch options) from ``args``: a name per value,
+    the kernel's parameters among them and possibly names it does not take (another cell's
+    tensors), which are left out.  An absent tensor is None in ``args``; a parameter missing
+    from ``args`` is a KeyError, but ``varying`` (a placeholder None, set per launch)."""
+    return ([None if n == varying else args[n] for n in kernel.arg_names],
+            {k: args[k] for k in LAUNCH_OPTIONS if k in args})
+
+
+def launch_once(kernel, grid, args):
+    """``kernel[grid]`` over the parameters it takes from ``args`` (see ``_bind``), called
+    through ``kernel.run``: one Python frame less than ``kernel[grid](...)``."""
+    pos, opts = _bind(kernel, args)
+    kernel.run(*pos, grid=grid, warmup=False, **opts)
 
 
 def bound_launch(kernel, grid, args, varying="t"):
     """``kernel[grid]`` with every argument but ``varying`` bound once: returns
-    ``launch(value)``.  The arguments go positionally, in the kernel's order; Triton's launcher
-    merges and re-binds keyword arguments at every call, which a loop of T steps pays T times.
-    ``args`` holds the kernel's other parameters by name, and launch options (num_warps).
-    ``launch`` calls ``kernel.run`` itself, what ``kernel[grid](...)`` calls through a lambda:
-    one Python frame less per launch."""
-    names = kernel.arg_names
-    pos = [None if n == varying else args[n] for n in names]
-    params = _param_sets.get(id(names))
-    if params is None:   # the entry keeps the list alive, so its id stays its own
-        params = _param_sets[id(names)] = (names, frozenset(names))
-    params = params[1]
-    # launch options in the caller's order (Triton keys its cache on them), then the grid
-    opts = {k: v for k, v in args.items() if k not in params}
+    ``launch(value)``.  The arguments go positionally, in the kernel's order (``_bind``: each
+    kernel takes from ``args`` the parameters it has); Triton's launcher merges and re-binds
+    keyword arguments at every call, which a loop of T steps pays T times.  ``launch`` calls
+    ``kernel.run`` itself, what ``kernel[grid](...)`` calls through a lambda: one Python frame
+    less per launch."""
+    pos, opts = _bind(kernel, args, varying)
     opts.update(grid=grid, warmup=False)
-    at = names.index(varying)
+    at = kernel.arg_names.index(varying)
     run = kernel.run
 
     def launch(value):

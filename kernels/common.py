@@ -41,6 +41,22 @@ def member(ptr, n, width):
 
 
 @triton.jit
+def fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, G, K):
+    """The recurrent operands of a forward step for this program's member (``member``): (W_hh
+    (G, K), h_{t-1} (B, K): h0 at t == 0, else slot t-1 of y, y (T, B, K))."""
+    y_ptr = member(y_ptr, T * B, K)
+    return member(w_ptr, G, K), prev_ptr(t, member(h0_ptr, B, K), y_ptr, B, K), y_ptr
+
+
+@triton.jit
+def bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B, G, H, K):
+    """The operands every cell's backward step reads, for this program's member (``member``):
+    (dy (T, B, H), W_hh (G, K), dgx (T, B, G), carry (B, K))."""
+    return (member(dy_ptr, T * B, H), member(w_ptr, G, K), member(dgx_ptr, T * B, G),
+            member(carry_ptr, B, K))
+
+
+@triton.jit
 def tile_index(B, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's (batch tile, hidden tile): int64 rows, cols and their masks."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -60,6 +76,22 @@ def add_rows_times_w(acc, a_ptr, w_ptr, rows, cols, mr, mc, N, H,
         w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
         acc = dot_acc(acc, a, w, UPCAST, PRECISION)
     return acc
+
+
+@triton.jit
+def step_dh(dy_ptr, carry_ptr, dg_ptr, w_ptr, t, T, B, rows, cols, mr, mc, G, H,
+            ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    """dL/dh_t for this program's tile, as ACC: dy_t from dy (T, B, H), plus, below the last
+    step, carry (B, H) and the recurrence dgates_{t+1} W_hh from the gate gradients dg (T, B,
+    G) and W_hh (G, H)."""
+    t64 = tl.cast(t, tl.int64)
+    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    if t + 1 < T:
+        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
+        dh = add_rows_times_w(dh, dg_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc, G, H,
+                              UPCAST, PRECISION, BLOCK_K)
+    return dh
 
 
 @triton.jit
@@ -87,15 +119,18 @@ def x_times_wt(x_ptr, w_ptr, rows, cols, mr, mc, N, ACC: tl.constexpr, UPCAST: t
 
 
 @triton.jit
-def gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X: tl.constexpr,
+def gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols, mr, mc, G, I, FUSE_X: tl.constexpr,
                ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The input term of the gate block at ``cols``: read from the hoisted projection xp_t
-    (T, B, G) slice, or computed here from x and W_ih when FUSE_X (one step: a cell)."""
+    """The input term of the gate block at ``cols`` at step t of this program's member: read
+    from the hoisted projection xp (T, B, G), or, when FUSE_X (one step: a cell), computed
+    here from x (B, I) and W_ih (G, I).  xp is None when FUSE_X, x and W_ih are None
+    otherwise."""
     if FUSE_X:
-        return x_times_wt(x_ptr, w_ih_ptr, rows, cols, mr, mc, I, ACC, UPCAST, PRECISION,
-                          BLOCK_B, BLOCK_H, BLOCK_K)
+        return x_times_wt(member(x_ptr, T * B, I), member(w_ih_ptr, G, I), rows, cols, mr, mc,
+                          I, ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     else:
+        xp_t = member(xp_ptr, T * B, G) + tl.cast(t, tl.int64) * B * G
         return load_tile(xp_t, rows, cols, G, mr, mc, ACC)
 
 
@@ -181,25 +216,25 @@ def _wt_chunk(w_ptr, gate, cols, ks, mask, H, K):
 
 
 @triton.jit
-def step_preacts(xp_t, x_ptr, w_ih_ptr, h_ptr, w_ptr, rows, cols, mr, mc, H, K, I,
+def step_preacts(xp_ptr, x_ptr, w_ih_ptr, t, T, B, h_ptr, w_ptr, rows, cols, mr, mc, H, K, I,
                  GATES: tl.constexpr, FUSE_X: tl.constexpr, ACC: tl.constexpr,
                  UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One step's gate pre-activations without bias, x_t W_ih^T + h_{t-1} W_hh^T, for the gate
-    blocks at ``cols`` of a GATES-gate cell (W_hh (GATES*H, K), h_{t-1} at ``h_ptr`` (., K)).
-    Each chunk of h_{t-1} is read once for all gates.  GATES == 4 (LSTM): the four gates.
-    GATES == 3 (GRU): (r, z, x_n, h_n), the n gate's input and recurrent terms kept apart
-    because r scales h_n alone."""
+    """Step t's gate pre-activations without bias, x_t W_ih^T + h_{t-1} W_hh^T, for the gate
+    blocks at ``cols`` of a GATES-gate cell (the input term as ``gate_input`` gives it; W_hh
+    (GATES*H, K), h_{t-1} at ``h_ptr`` (., K)).  Each chunk of h_{t-1} is read once for all
+    gates.  GATES == 4 (LSTM): the four gates.  GATES == 3 (GRU): (r, z, x_n, h_n), the n
+    gate's input and recurrent terms kept apart because r scales h_n alone."""
     G = GATES * H
-    a0 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                    PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    a1 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                    PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    a2 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
+    a0 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols, mr, mc, G, I, FUSE_X, ACC,
                     UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    a1 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols + H, mr, mc, G, I, FUSE_X, ACC,
+                    UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    a2 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols + 2 * H, mr, mc, G, I, FUSE_X,
+                    ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     if GATES == 4:
-        a3 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 3 * H, mr, mc, G, I, FUSE_X, ACC,
-                        UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+        a3 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols + 3 * H, mr, mc, G, I,
+                        FUSE_X, ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     else:
         a3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):

@@ -10,9 +10,9 @@ projection in the same launch.
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
-                     member, prev_ptr, prev_state, sigmoid,
-                     step_preacts, store_gates3, store_gates4, store_tile, tanh, tile_index)
+from .common import (active_rows, bias_pair, bwd_step_ptrs, fwd_step_ptrs, load_gates4,
+                     load_tile, member, prev_state, sigmoid, step_dh, step_preacts,
+                     store_gates3, store_gates4, store_tile, tanh, tile_index)
 from .layer import CellKernels
 
 
@@ -73,23 +73,14 @@ def _gru_fwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     G = 3 * H
-    t64 = t.to(tl.int64)
-    if FUSE_X:
-        x_ptr = member(x_ptr, T * B, I)
-        w_ih_ptr = member(w_ih_ptr, G, I)
-        xp_t = x_ptr   # not read: the input term is computed from x and W_ih
-    else:
-        xp_t = member(xp_ptr, T * B, G) + t64 * B * G
+    w_ptr, h_prev, y_ptr = fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, G, H)
     if HAS_BIAS:
         b_ih_ptr = member(b_ih_ptr, 1, G)
         b_hh_ptr = member(b_hh_ptr, 1, G)
-    w_ptr = member(w_ptr, G, H)
-    h0_ptr = member(h0_ptr, B, H)
-    y_ptr = member(y_ptr, T * B, H)
     saved_ptr = member(saved_ptr, T * B, 4 * H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
-    acc_r, acc_z, x_n, h_n = step_preacts(xp_t, x_ptr, w_ih_ptr, h_prev, w_ptr,
+    t64 = t.to(tl.int64)
+    acc_r, acc_z, x_n, h_n = step_preacts(xp_ptr, x_ptr, w_ih_ptr, t, T, B, h_prev, w_ptr,
                                           rows, cols, mr, mc, H, H, I, 3, FUSE_X, ACC, UPCAST,
                                           PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     hp = load_tile(h_prev, rows, cols, H, mr, mc, ACC)
@@ -118,21 +109,16 @@ def _gru_bwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     G = 3 * H
-    dy_ptr = member(dy_ptr, T * B, H)
-    w_ptr = member(w_ptr, G, H)
+    dy_ptr, w_ptr, dgx_ptr, carry_ptr = bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B,
+                                                      G, H, H)
     saved_ptr = member(saved_ptr, T * B, 4 * H)
     h0_ptr = member(h0_ptr, B, H)
     y_ptr = member(y_ptr, T * B, H)
-    dgx_ptr = member(dgx_ptr, T * B, G)
     dgh_ptr = member(dgh_ptr, T * B, G)
-    carry_ptr = member(carry_ptr, B, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if t + 1 < T:
-        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
-        dh = add_rows_times_w(dh, dgh_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
-                              G, H, UPCAST, PRECISION, BLOCK_K)
+    dh = step_dh(dy_ptr, carry_ptr, dgh_ptr, w_ptr, t, T, B, rows, cols, mr, mc, G, H, ACC,
+                 UPCAST, PRECISION, BLOCK_K)
     r, z, n, h_n = load_gates4(saved_ptr + t64 * B * 4 * H, rows, cols, H, mr, mc, ACC)
     hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
     d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows,

@@ -12,9 +12,9 @@ read where the caller keeps them (step 0), never copied into the sequence buffer
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
-                     member, prev_ptr, prev_state, sigmoid,
-                     step_preacts, store_gates4, store_tile, tanh, tile_index)
+from .common import (active_rows, bias_pair, bwd_step_ptrs, fwd_step_ptrs, load_gates4,
+                     load_tile, member, prev_state, sigmoid, step_dh, step_preacts,
+                     store_gates4, store_tile, tanh, tile_index)
 from .layer import CellKernels
 
 
@@ -86,26 +86,17 @@ def _lstm_fwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     G = 4 * H
-    t64 = t.to(tl.int64)
-    if FUSE_X:
-        x_ptr = member(x_ptr, T * B, I)
-        w_ih_ptr = member(w_ih_ptr, G, I)
-        xp_t = x_ptr   # not read: the input term is computed from x and W_ih
-    else:
-        xp_t = member(xp_ptr, T * B, G) + t64 * B * G
+    w_ptr, h_prev, y_ptr = fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, G, K)
     if HAS_BIAS:
         b_ih_ptr = member(b_ih_ptr, 1, G)
         b_hh_ptr = member(b_hh_ptr, 1, G)
-    w_ptr = member(w_ptr, G, K)
-    h0_ptr = member(h0_ptr, B, K)
     c0_ptr = member(c0_ptr, B, H)
-    y_ptr = member(y_ptr, T * B, K)
     cs_ptr = member(cs_ptr, T * B, H)
     out_ptr = member(out_ptr, T * B, H)
     saved_ptr = member(saved_ptr, T * B, G)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, K)
-    acc_i, acc_f, acc_g, acc_o = step_preacts(xp_t, x_ptr, w_ih_ptr, h_prev, w_ptr,
+    t64 = t.to(tl.int64)
+    acc_i, acc_f, acc_g, acc_o = step_preacts(xp_ptr, x_ptr, w_ih_ptr, t, T, B, h_prev, w_ptr,
                                               rows, cols, mr, mc, H, K, I, 4, FUSE_X, ACC, UPCAST,
                                               PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
@@ -142,24 +133,21 @@ def _lstm_bwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     G = 4 * H
-    dy_ptr = member(dy_ptr, T * B, H)
-    w_ptr = member(w_ptr, G, K)
+    dy_ptr, w_ptr, dgx_ptr, carry_ptr = bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B,
+                                                      G, H, K)
     saved_ptr = member(saved_ptr, T * B, G)
     c0_ptr = member(c0_ptr, B, H)
     cs_ptr = member(cs_ptr, T * B, H)
     if HAS_DCN:
         dcn_ptr = member(dcn_ptr, B, H)
-    dgx_ptr = member(dgx_ptr, T * B, G)
-    carry_ptr = member(carry_ptr, B, K)
     dc_ptr = member(dc_ptr, B, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if not PROJ:
-        if t + 1 < T:
-            dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
-            dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
-                                  G, H, UPCAST, PRECISION, BLOCK_K)
+    if PROJ:   # dy is dL/dm_t, the recurrence included
+        dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    else:
+        dh = step_dh(dy_ptr, carry_ptr, dgx_ptr, w_ptr, t, T, B, rows, cols, mr, mc, G, H, ACC,
+                     UPCAST, PRECISION, BLOCK_K)
     if t + 1 < T:
         dc_in = load_tile(dc_ptr, rows, cols, H, mr, mc, ACC)
     elif HAS_DCN:

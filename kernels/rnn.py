@@ -3,8 +3,8 @@ A single step (FUSE_X) computes x W_ih^T in the same launch."""
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair, gate_input,
-                     load_tile, member, prev_ptr, store_tile, tanh,
+from .common import (active_rows, add_rows_times_wt, bias_pair, bwd_step_ptrs,
+                     fwd_step_ptrs, gate_input, load_tile, member, step_dh, store_tile, tanh,
                      tile_index)
 from .layer import CellKernels
 
@@ -56,22 +56,13 @@ def _rnn_fwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
-    t64 = t.to(tl.int64)
-    if FUSE_X:
-        x_ptr = member(x_ptr, T * B, I)
-        w_ih_ptr = member(w_ih_ptr, H, I)
-        xp_t = x_ptr   # not read: the input term is computed from x and W_ih
-    else:
-        xp_t = member(xp_ptr, T * B, H) + t64 * B * H
+    w_ptr, h_prev, y_ptr = fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, H, H)
     if HAS_BIAS:
         b_ih_ptr = member(b_ih_ptr, 1, H)
         b_hh_ptr = member(b_hh_ptr, 1, H)
-    w_ptr = member(w_ptr, H, H)
-    h0_ptr = member(h0_ptr, B, H)
-    y_ptr = member(y_ptr, T * B, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
-    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
-    acc = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, H, I, FUSE_X,
+    t64 = t.to(tl.int64)
+    acc = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols, mr, mc, H, I, FUSE_X,
                      ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     acc = add_rows_times_wt(acc, h_prev, w_ptr, rows, cols, mr, mc, H, UPCAST, PRECISION, BLOCK_K)
     h = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
@@ -95,18 +86,13 @@ def _rnn_bwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
-    dy_ptr = member(dy_ptr, T * B, H)
-    w_ptr = member(w_ptr, H, H)
+    dy_ptr, w_ptr, dgx_ptr, carry_ptr = bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B,
+                                                      H, H, H)
     y_ptr = member(y_ptr, T * B, H)
-    dgx_ptr = member(dgx_ptr, T * B, H)
-    carry_ptr = member(carry_ptr, B, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if t + 1 < T:
-        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
-        dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * H, w_ptr, rows, cols, mr, mc,
-                              H, H, UPCAST, PRECISION, BLOCK_K)
+    dh = step_dh(dy_ptr, carry_ptr, dgx_ptr, w_ptr, t, T, B, rows, cols, mr, mc, H, H, ACC,
+                 UPCAST, PRECISION, BLOCK_K)
     h = load_tile(y_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
     store_tile(dgx_ptr + t64 * B * H, d, rows, cols, H, mr, mc)

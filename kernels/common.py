@@ -1,4 +1,5 @@
 """Helpers shared by every kernel family: activations, dtype policy, tile sizes."""
+import operator
 import os
 
 import torch
@@ -307,34 +308,37 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
     return block_b, block_h, block_k, STEP_WARPS
 
 
-LAUNCH_OPTIONS = ("num_warps", "num_stages")   # what a launch takes beside the kernel's parameters
+_getters = {}   # id(kernel.arg_names) -> (that list, an itemgetter of its names): host time per call
 
 
-def _bind(kernel, args, varying=None):
-    """(the kernel's arguments in its order, launch options) from ``args``: a name per value,
-    the kernel's parameters among them and possibly names it does not take (another cell's
-    tensors), which are left out.  An absent tensor is None in ``args``; a parameter missing
-    from ``args`` is a KeyError, but ``varying`` (a placeholder None, set per launch)."""
-    return ([None if n == varying else args[n] for n in kernel.arg_names],
-            {k: args[k] for k in LAUNCH_OPTIONS if k in args})
+def _arguments(kernel, args):
+    """The kernel's arguments in its order from ``args``: a name per value, the kernel's
+    parameters among them and possibly names it does not take (another cell's tensors), which
+    are left out.  An absent tensor is None in ``args``; a parameter missing from ``args`` is
+    a KeyError."""
+    names = kernel.arg_names
+    entry = _getters.get(id(names))
+    if entry is None:   # the entry keeps the list alive, so its id stays its own
+        entry = _getters[id(names)] = (names, operator.itemgetter(*names))
+    return entry[1](args)
 
 
 def launch_once(kernel, grid, args):
-    """``kernel[grid]`` over the parameters it takes from ``args`` (see ``_bind``), called
-    through ``kernel.run``: one Python frame less than ``kernel[grid](...)``."""
-    pos, opts = _bind(kernel, args)
-    kernel.run(*pos, grid=grid, warmup=False, **opts)
+    """``kernel[grid]`` over the parameters it takes from ``args`` (see ``_arguments``; the
+    launch option ``num_warps`` from there too), called through ``kernel.run``: one Python
+    frame less than ``kernel[grid](...)``."""
+    kernel.run(*_arguments(kernel, args), grid=grid, warmup=False, num_warps=args["num_warps"])
 
 
 def bound_launch(kernel, grid, args, varying="t"):
     """``kernel[grid]`` with every argument but ``varying`` bound once: returns
-    ``launch(value)``.  The arguments go positionally, in the kernel's order (``_bind``: each
-    kernel takes from ``args`` the parameters it has); Triton's launcher merges and re-binds
-    keyword arguments at every call, which a loop of T steps pays T times.  ``launch`` calls
-    ``kernel.run`` itself, what ``kernel[grid](...)`` calls through a lambda: one Python frame
-    less per launch."""
-    pos, opts = _bind(kernel, args, varying)
-    opts.update(grid=grid, warmup=False)
+    ``launch(value)``.  The arguments go positionally, in the kernel's order, each kernel
+    taking from ``args`` the parameters it has (``_arguments``), and ``num_warps`` as the launch
+    option; Triton's launcher merges and re-binds keyword arguments at every call, which a loop
+    of T steps pays T times.  ``launch`` calls ``kernel.run`` itself, what ``kernel[grid](...)``
+    calls through a lambda: one Python frame less per launch."""
+    pos = list(_arguments(kernel, dict(args, **{varying: None})))
+    opts = dict(num_warps=args["num_warps"], grid=grid, warmup=False)
     at = kernel.arg_names.index(varying)
     run = kernel.run
 

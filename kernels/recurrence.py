@@ -453,8 +453,9 @@ def _single_step_backward(kern, inputs, buffers, dy, dcn):
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
         if lead:
             grid = (*grid, lead[0])
-        # one launch: no binding for a loop (bound_launch)
-        launch_once(kern.bwd, grid, dict(_bwd_step_args(kern, meta, b, (1, B, H, K), None), t=0))
+        args = _bwd_step_args(kern, meta, b, (1, B, H, K), None)
+        args["t"] = 0
+        launch_once(kern.bwd, grid, args)   # one launch: no binding for a loop (bound_launch)
     return StepGrads(b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None)
 
 

@@ -95,22 +95,13 @@ def _round(x, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _sqrt(x):
-    """Correctly rounded square root (tl.sqrt is approximate in fp32)."""
+def _rounded(x, SQRT: tl.constexpr):
+    """Correctly rounded sqrt(x) (SQRT) or 1 / x.  fp32's tl.sqrt and division are approximate;
+    their precise forms take fp32 only, and fp64's plain ones are correctly rounded already."""
     if x.dtype == tl.float64:
-        r = tl.sqrt(x)
+        r = tl.sqrt(x) if SQRT else 1.0 / x
     else:
-        r = tl.sqrt_rn(x)
-    return r
-
-
-@triton.jit
-def _recip(x):
-    """Correctly rounded 1 / x (fp32 division is approximate unless asked)."""
-    if x.dtype == tl.float64:
-        r = 1.0 / x
-    else:
-        r = tl.div_rn(tl.full(x.shape, 1.0, x.dtype), x)
+        r = tl.sqrt_rn(x) if SQRT else tl.div_rn(tl.full(x.shape, 1.0, x.dtype), x)
     return r
 
 
@@ -177,7 +168,7 @@ def _reduce(acc, KIND: tl.constexpr):
 def _root(s, p, KIND: tl.constexpr):
     """The norm from its reduced sum (or max/min/count)."""
     if KIND == L2:
-        r = _sqrt(s)
+        r = _rounded(s, True)
     elif KIND == LPOW:
         at_zero = tl.where(p > 0, 0.0, float("inf")).to(s.dtype)
         safe = tl.where(s == 0, 1.0, s)
@@ -332,7 +323,7 @@ def _coefficient(total, max_norm_bits, eps_bits, OUT: tl.constexpr, ACC: tl.cons
     NaN stays NaN."""
     t = total.to(ACC)
     x = _round(t + _f64(eps_bits).to(ACC), OUT).to(ACC)
-    r = _round(_recip(x), OUT).to(ACC)
+    r = _round(_rounded(x, False), OUT).to(ACC)
     c = _round(r * _f64(max_norm_bits).to(ACC), OUT).to(ACC)
     c = tl.where(c > 1.0, 1.0, c)
     return _round(c, OUT)

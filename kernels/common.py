@@ -1,4 +1,5 @@
 """Helpers shared by every kernel family: activations, dtype policy, tile sizes."""
+import operator
 import os
 
 import torch
@@ -32,31 +33,28 @@ def dot_acc(acc, a, b, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr,
-                    cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
-                    GATES: tl.constexpr, SAVED: tl.constexpr):
-    """The forward step's pointers moved to member ``program_id(2)``: M independent
+def member(ptr, n, width):
+    """``ptr`` moved to member ``program_id(2)`` of a stack of (n, width) tensors: M independent
     recurrences of one shape (the two directions of a layer) run in one launch, each tensor
-    stacked on a leading member dimension.  Member 0 is the tensors as passed."""
-    m = tl.program_id(2).to(tl.int64)
-    G = GATES * H
-    return (xp_ptr + m * T * B * G, x_ptr + m * T * B * I, w_ih_ptr + m * G * I,
-            w_ptr + m * G * K, b_ih_ptr + m * G, b_hh_ptr + m * G, h0_ptr + m * B * K,
-            c0_ptr + m * B * H, y_ptr + m * T * B * K, cs_ptr + m * T * B * H,
-            out_ptr + m * T * B * H, saved_ptr + m * T * B * SAVED * H)
+    stacked on a leading member dimension.  Member 0 is the tensor as passed; the offset is
+    64-bit.  Only a pointer that is not None may be moved (guard optional ones by their flag)."""
+    return ptr + tl.cast(tl.program_id(2), tl.int64) * n * width
 
 
 @triton.jit
-def member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr,
-                    dgh_ptr, carry_ptr, dc_ptr, T, B, H, K,
-                    GATES: tl.constexpr, SAVED: tl.constexpr):
-    """The backward step's pointers moved to member ``program_id(2)`` (see member_fwd_ptrs)."""
-    m = tl.program_id(2).to(tl.int64)
-    G = GATES * H
-    return (dy_ptr + m * T * B * H, w_ptr + m * G * K, saved_ptr + m * T * B * SAVED * H,
-            h0_ptr + m * B * K, y_ptr + m * T * B * K, c0_ptr + m * B * H,
-            cs_ptr + m * T * B * H, dcn_ptr + m * B * H, dgx_ptr + m * T * B * G,
-            dgh_ptr + m * T * B * G, carry_ptr + m * B * K, dc_ptr + m * B * H)
+def fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, G, K):
+    """The recurrent operands of a forward step for this program's member (``member``): (W_hh
+    (G, K), h_{t-1} (B, K): h0 at t == 0, else slot t-1 of y, y (T, B, K))."""
+    y_ptr = member(y_ptr, T * B, K)
+    return member(w_ptr, G, K), prev_ptr(t, member(h0_ptr, B, K), y_ptr, B, K), y_ptr
+
+
+@triton.jit
+def bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B, G, H, K):
+    """The operands every cell's backward step reads, for this program's member (``member``):
+    (dy (T, B, H), W_hh (G, K), dgx (T, B, G), carry (B, K))."""
+    return (member(dy_ptr, T * B, H), member(w_ptr, G, K), member(dgx_ptr, T * B, G),
+            member(carry_ptr, B, K))
 
 
 @triton.jit
@@ -79,6 +77,22 @@ def add_rows_times_w(acc, a_ptr, w_ptr, rows, cols, mr, mc, N, H,
         w = tl.load(w_ptr + ks[:, None] * H + cols[None, :], mask=mk[:, None] & mc[None, :], other=0.0)
         acc = dot_acc(acc, a, w, UPCAST, PRECISION)
     return acc
+
+
+@triton.jit
+def step_dh(dy_ptr, carry_ptr, dg_ptr, w_ptr, t, T, B, rows, cols, mr, mc, G, H,
+            ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+            BLOCK_K: tl.constexpr):
+    """dL/dh_t for this program's tile, as ACC: dy_t from dy (T, B, H), plus, below the last
+    step, carry (B, H) and the recurrence dgates_{t+1} W_hh from the gate gradients dg (T, B,
+    G) and W_hh (G, H)."""
+    t64 = tl.cast(t, tl.int64)
+    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    if t + 1 < T:
+        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
+        dh = add_rows_times_w(dh, dg_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc, G, H,
+                              UPCAST, PRECISION, BLOCK_K)
+    return dh
 
 
 @triton.jit
@@ -106,15 +120,18 @@ def x_times_wt(x_ptr, w_ptr, rows, cols, mr, mc, N, ACC: tl.constexpr, UPCAST: t
 
 
 @triton.jit
-def gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X: tl.constexpr,
+def gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols, mr, mc, G, I, FUSE_X: tl.constexpr,
                ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
                BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """The input term of the gate block at ``cols``: read from the hoisted projection xp_t
-    (T, B, G) slice, or computed here from x and W_ih when FUSE_X (one step: a cell)."""
+    """The input term of the gate block at ``cols`` at step t of this program's member: read
+    from the hoisted projection xp (T, B, G), or, when FUSE_X (one step: a cell), computed
+    here from x (B, I) and W_ih (G, I).  xp is None when FUSE_X, x and W_ih are None
+    otherwise."""
     if FUSE_X:
-        return x_times_wt(x_ptr, w_ih_ptr, rows, cols, mr, mc, I, ACC, UPCAST, PRECISION,
-                          BLOCK_B, BLOCK_H, BLOCK_K)
+        return x_times_wt(member(x_ptr, T * B, I), member(w_ih_ptr, G, I), rows, cols, mr, mc,
+                          I, ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     else:
+        xp_t = member(xp_ptr, T * B, G) + tl.cast(t, tl.int64) * B * G
         return load_tile(xp_t, rows, cols, G, mr, mc, ACC)
 
 
@@ -200,25 +217,25 @@ def _wt_chunk(w_ptr, gate, cols, ks, mask, H, K):
 
 
 @triton.jit
-def step_preacts(xp_t, x_ptr, w_ih_ptr, h_ptr, w_ptr, rows, cols, mr, mc, H, K, I,
+def step_preacts(xp_ptr, x_ptr, w_ih_ptr, t, T, B, h_ptr, w_ptr, rows, cols, mr, mc, H, K, I,
                  GATES: tl.constexpr, FUSE_X: tl.constexpr, ACC: tl.constexpr,
                  UPCAST: tl.constexpr, PRECISION: tl.constexpr, BLOCK_B: tl.constexpr,
                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr):
-    """One step's gate pre-activations without bias, x_t W_ih^T + h_{t-1} W_hh^T, for the gate
-    blocks at ``cols`` of a GATES-gate cell (W_hh (GATES*H, K), h_{t-1} at ``h_ptr`` (., K)).
-    Each chunk of h_{t-1} is read once for all gates.  GATES == 4 (LSTM): the four gates.
-    GATES == 3 (GRU): (r, z, x_n, h_n), the n gate's input and recurrent terms kept apart
-    because r scales h_n alone."""
+    """Step t's gate pre-activations without bias, x_t W_ih^T + h_{t-1} W_hh^T, for the gate
+    blocks at ``cols`` of a GATES-gate cell (the input term as ``gate_input`` gives it; W_hh
+    (GATES*H, K), h_{t-1} at ``h_ptr`` (., K)).  Each chunk of h_{t-1} is read once for all
+    gates.  GATES == 4 (LSTM): the four gates.  GATES == 3 (GRU): (r, z, x_n, h_n), the n
+    gate's input and recurrent terms kept apart because r scales h_n alone."""
     G = GATES * H
-    a0 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                    PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    a1 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + H, mr, mc, G, I, FUSE_X, ACC, UPCAST,
-                    PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
-    a2 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 2 * H, mr, mc, G, I, FUSE_X, ACC,
+    a0 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols, mr, mc, G, I, FUSE_X, ACC,
                     UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    a1 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols + H, mr, mc, G, I, FUSE_X, ACC,
+                    UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+    a2 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols + 2 * H, mr, mc, G, I, FUSE_X,
+                    ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     if GATES == 4:
-        a3 = gate_input(xp_t, x_ptr, w_ih_ptr, rows, cols + 3 * H, mr, mc, G, I, FUSE_X, ACC,
-                        UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
+        a3 = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols + 3 * H, mr, mc, G, I,
+                        FUSE_X, ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     else:
         a3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
@@ -291,26 +308,38 @@ def step_tiles(batch, hidden, k, dtype=torch.float32):
     return block_b, block_h, block_k, STEP_WARPS
 
 
-_param_sets = {}   # id(kernel.arg_names) -> (that list, its names as a set): host time per call
+_getters = {}   # id(kernel.arg_names) -> (that list, an itemgetter of its names): host time per call
+
+
+def _arguments(kernel, args):
+    """The kernel's arguments in its order from ``args``: a name per value, the kernel's
+    parameters among them and possibly names it does not take (another cell's tensors), which
+    are left out.  An absent tensor is None in ``args``; a parameter missing from ``args`` is
+    a KeyError."""
+    names = kernel.arg_names
+    entry = _getters.get(id(names))
+    if entry is None:   # the entry keeps the list alive, so its id stays its own
+        entry = _getters[id(names)] = (names, operator.itemgetter(*names))
+    return entry[1](args)
+
+
+def launch_once(kernel, grid, args):
+    """``kernel[grid]`` over the parameters it takes from ``args`` (see ``_arguments``; the
+    launch option ``num_warps`` from there too), called through ``kernel.run``: one Python
+    frame less than ``kernel[grid](...)``."""
+    kernel.run(*_arguments(kernel, args), grid=grid, warmup=False, num_warps=args["num_warps"])
 
 
 def bound_launch(kernel, grid, args, varying="t"):
     """``kernel[grid]`` with every argument but ``varying`` bound once: returns
-    ``launch(value)``.  The arguments go positionally, in the kernel's order; Triton's launcher
-    merges and re-binds keyword arguments at every call, which a loop of T steps pays T times.
-    ``args`` holds the kernel's other parameters by name, and launch options (num_warps).
-    ``launch`` calls ``kernel.run`` itself, what ``kernel[grid](...)`` calls through a lambda:
-    one Python frame less per launch."""
-    names = kernel.arg_names
-    pos = [None if n == varying else args[n] for n in names]
-    params = _param_sets.get(id(names))
-    if params is None:   # the entry keeps the list alive, so its id stays its own
-        params = _param_sets[id(names)] = (names, frozenset(names))
-    params = params[1]
-    # launch options in the caller's order (Triton keys its cache on them), then the grid
-    opts = {k: v for k, v in args.items() if k not in params}
-    opts.update(grid=grid, warmup=False)
-    at = names.index(varying)
+    ``launch(value)``.  The arguments go positionally, in the kernel's order, each kernel
+    taking from ``args`` the parameters it has (``_arguments``), and ``num_warps`` as the launch
+    option; Triton's launcher merges and re-binds keyword arguments at every call, which a loop
+    of T steps pays T times.  ``launch`` calls ``kernel.run`` itself, what ``kernel[grid](...)``
+    calls through a lambda: one Python frame less per launch."""
+    pos = list(_arguments(kernel, dict(args, **{varying: None})))
+    opts = dict(num_warps=args["num_warps"], grid=grid, warmup=False)
+    at = kernel.arg_names.index(varying)
     run = kernel.run
 
     def launch(value):

@@ -10,9 +10,9 @@ projection in the same launch.
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
-                     member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
-                     step_preacts, store_gates3, store_gates4, store_tile, tanh, tile_index)
+from .common import (active_rows, bias_pair, bwd_step_ptrs, fwd_step_ptrs, load_gates4,
+                     load_tile, member, prev_state, sigmoid, step_dh, step_preacts,
+                     store_gates3, store_gates4, store_tile, tanh, tile_index)
 from .layer import CellKernels
 
 
@@ -57,34 +57,30 @@ def gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows, HAS_BATCH_SIZE
 
 @triton.jit(do_not_specialize=["t"])
 def _gru_fwd_step_kernel(
-    xp_ptr,    # (T, B, 3H) x_t W_ih^T, gate order r, z, n (unless FUSE_X)
-    x_ptr,     # (B, I) the step's input (FUSE_X)
-    w_ih_ptr,  # (3H, I) W_ih, row-major (FUSE_X)
+    xp_ptr,    # (T, B, 3H) x_t W_ih^T, gate order r, z, n; None when FUSE_X
+    x_ptr,     # (B, I) the step's input when FUSE_X, else None
+    w_ih_ptr,  # (3H, I) W_ih, row-major, when FUSE_X, else None
     w_ptr,     # (3H, H) W_hh, row-major
-    b_ih_ptr,  # (3H,) (read when HAS_BIAS)
-    b_hh_ptr,  # (3H,) (read when HAS_BIAS)
+    b_ih_ptr,  # (3H,), or None (then HAS_BIAS is False)
+    b_hh_ptr,  # (3H,), or None with b_ih
     h0_ptr,    # (B, H) h_{-1}
-    c0_ptr,    # unused by the GRU (the uniform step signature)
-    y_ptr,     # (T, B, H) outputs h_t; slot t-1 is read as h_{t-1}
-    cs_ptr,    # unused by the GRU
-    out_ptr,   # (T, B, H) where h_t goes (y)
+    y_ptr,     # (T, B, H) outputs h_t (written); slot t-1 is read as h_{t-1}
     saved_ptr,  # (T, B, 4H) r, z, n and hn = h W_hn^T + b_hn for the backward pass
-    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
-    t, T, B, H, K, I,
-    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
-    FUSE_X: tl.constexpr,
+    batch_sizes_ptr,     # (T,) int32 rows active at each step, or None
+    t, T, B, H, I,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr, cs_ptr, out_ptr, \
-        saved_ptr = member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr,
-                                    c0_ptr, y_ptr, cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
-                                    3, 4)
+    G = 3 * H
+    w_ptr, h_prev, y_ptr = fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, G, H)
+    if HAS_BIAS:
+        b_ih_ptr = member(b_ih_ptr, 1, G)
+        b_hh_ptr = member(b_hh_ptr, 1, G)
+    saved_ptr = member(saved_ptr, T * B, 4 * H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    G = 3 * H
-    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
-    acc_r, acc_z, x_n, h_n = step_preacts(xp_ptr + t64 * B * G, x_ptr, w_ih_ptr, h_prev, w_ptr,
+    acc_r, acc_z, x_n, h_n = step_preacts(xp_ptr, x_ptr, w_ih_ptr, t, T, B, h_prev, w_ptr,
                                           rows, cols, mr, mc, H, H, I, 3, FUSE_X, ACC, UPCAST,
                                           PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     hp = load_tile(h_prev, rows, cols, H, mr, mc, ACC)
@@ -92,7 +88,7 @@ def _gru_fwd_step_kernel(
                                HAS_BIAS, ACC)
     if HAS_BATCH_SIZES:
         h = tl.where(active_rows(batch_sizes_ptr, t, rows), h, hp)
-    store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
+    store_tile(y_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
     store_gates4(saved_ptr + t64 * B * 4 * H, rows, cols, H, mr, mc, r, z, n, h_n)
 
 
@@ -103,31 +99,26 @@ def _gru_bwd_step_kernel(
     saved_ptr,  # (T, B, 4H) r, z, n, hn from the forward pass
     h0_ptr,    # (B, H) h_{-1}
     y_ptr,     # (T, B, H) h_t (slot t-1 is h_{t-1})
-    c0_ptr,    # unused by the GRU
-    cs_ptr,    # unused by the GRU
-    dcn_ptr,   # unused by the GRU
     dgx_ptr,   # (T, B, 3H) out: dL/d(x-side pre-activations) r, z, n
     dgh_ptr,   # (T, B, 3H) out: dL/d(h-side pre-activations) r, z, hn; slot t+1 read back
     carry_ptr,  # (B, H) ACC out: dL/dh_{t-1} through z (and through ended rows); read for t < T-1
-    dc_ptr,    # unused by the GRU
-    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
-    t, T, B, H, K,
-    HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr, HAS_DCN: tl.constexpr,
+    batch_sizes_ptr,     # (T,) int32 rows active at each step, or None
+    t, T, B, H,
+    HAS_BATCH_SIZES: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, \
-        carry_ptr, dc_ptr = member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr,
-                                            cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, carry_ptr, dc_ptr,
-                                            T, B, H, K, 3, 4)
+    G = 3 * H
+    dy_ptr, w_ptr, dgx_ptr, carry_ptr = bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B,
+                                                      G, H, H)
+    saved_ptr = member(saved_ptr, T * B, 4 * H)
+    h0_ptr = member(h0_ptr, B, H)
+    y_ptr = member(y_ptr, T * B, H)
+    dgh_ptr = member(dgh_ptr, T * B, G)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    G = 3 * H
-    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if t + 1 < T:
-        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
-        dh = add_rows_times_w(dh, dgh_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
-                              G, H, UPCAST, PRECISION, BLOCK_K)
+    dh = step_dh(dy_ptr, carry_ptr, dgh_ptr, w_ptr, t, T, B, rows, cols, mr, mc, G, H, ACC,
+                 UPCAST, PRECISION, BLOCK_K)
     r, z, n, h_n = load_gates4(saved_ptr + t64 * B * 4 * H, rows, cols, H, mr, mc, ACC)
     hp = prev_state(t, h0_ptr, y_ptr, rows, cols, B, H, mr, mc, ACC)
     d_r, d_z, d_npre, d_hn, carry = gru_cell_grad(dh, r, z, n, h_n, hp, batch_sizes_ptr, t, rows,

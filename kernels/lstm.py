@@ -12,9 +12,9 @@ read where the caller keeps them (step 0), never copied into the sequence buffer
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, bias_pair, load_gates4, load_tile,
-                     member_bwd_ptrs, member_fwd_ptrs, prev_ptr, prev_state, sigmoid,
-                     step_preacts, store_gates4, store_tile, tanh, tile_index)
+from .common import (active_rows, bias_pair, bwd_step_ptrs, fwd_step_ptrs, load_gates4,
+                     load_tile, member, prev_state, sigmoid, step_dh, step_preacts,
+                     store_gates4, store_tile, tanh, tile_index)
 from .layer import CellKernels
 
 
@@ -66,34 +66,37 @@ def lstm_cell_grad(dh, dc_in, i, f, g, o, c, c_prev, batch_sizes_ptr, t, rows, H
 
 @triton.jit(do_not_specialize=["t"])
 def _lstm_fwd_step_kernel(
-    xp_ptr,    # (T, B, 4H) x_t W_ih^T, gate order i, f, g, o (unless FUSE_X)
-    x_ptr,     # (B, I) the step's input (FUSE_X)
-    w_ih_ptr,  # (4H, I) W_ih, row-major (FUSE_X)
+    xp_ptr,    # (T, B, 4H) x_t W_ih^T, gate order i, f, g, o; None when FUSE_X
+    x_ptr,     # (B, I) the step's input when FUSE_X, else None
+    w_ih_ptr,  # (4H, I) W_ih, row-major, when FUSE_X, else None
     w_ptr,     # (4H, K) W_hh, row-major
-    b_ih_ptr,  # (4H,) b_ih (read when HAS_BIAS)
-    b_hh_ptr,  # (4H,) b_hh (read when HAS_BIAS)
+    b_ih_ptr,  # (4H,) b_ih, or None (then HAS_BIAS is False)
+    b_hh_ptr,  # (4H,) b_hh, or None with b_ih
     h0_ptr,    # (B, K) h_{-1}
     c0_ptr,    # (B, H) c_{-1}, any float dtype
     y_ptr,     # (T, B, K) outputs h_t; slot t-1 is read as h_{t-1}
     cs_ptr,    # (T, B, H) cell states c_t (written), slot t-1 read as c_{t-1}
     out_ptr,   # (T, B, H) where h_t goes: y itself, or m_t = o tanh(c_t) when PROJ
     saved_ptr,  # (T, B, 4H) activated gates i, f, g, o for the backward pass
-    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES: packed sequences)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step (packed sequences), or None
     t, T, B, H, K, I,
     HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
     FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr, cs_ptr, out_ptr, \
-        saved_ptr = member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr,
-                                    c0_ptr, y_ptr, cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
-                                    4, 4)
+    G = 4 * H
+    w_ptr, h_prev, y_ptr = fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, G, K)
+    if HAS_BIAS:
+        b_ih_ptr = member(b_ih_ptr, 1, G)
+        b_hh_ptr = member(b_hh_ptr, 1, G)
+    c0_ptr = member(c0_ptr, B, H)
+    cs_ptr = member(cs_ptr, T * B, H)
+    out_ptr = member(out_ptr, T * B, H)
+    saved_ptr = member(saved_ptr, T * B, G)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    G = 4 * H
-    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, K)
-    acc_i, acc_f, acc_g, acc_o = step_preacts(xp_ptr + t64 * B * G, x_ptr, w_ih_ptr, h_prev, w_ptr,
+    acc_i, acc_f, acc_g, acc_o = step_preacts(xp_ptr, x_ptr, w_ih_ptr, t, T, B, h_prev, w_ptr,
                                               rows, cols, mr, mc, H, K, I, 4, FUSE_X, ACC, UPCAST,
                                               PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     c_prev = prev_state(t, c0_ptr, cs_ptr, rows, cols, B, H, mr, mc, ACC)
@@ -117,34 +120,34 @@ def _lstm_bwd_step_kernel(
     dy_ptr,    # (T, B, H) dL/dh_t from the output (dL/dm_t, recurrence included, when PROJ)
     w_ptr,     # (4H, H) W_hh (read unless PROJ)
     saved_ptr,  # (T, B, 4H) activated gates from the forward pass
-    h0_ptr,    # unused by the LSTM (the uniform step signature)
-    y_ptr,     # unused by the LSTM
     c0_ptr,    # (B, H) c_{-1}
     cs_ptr,    # (T, B, H) cell states c_t
-    dcn_ptr,   # (B, H) dL/dc_{T-1} from the caller (read when HAS_DCN)
+    dcn_ptr,   # (B, H) dL/dc_{T-1} from the caller, or None (zero; then HAS_DCN is False)
     dgx_ptr,   # (T, B, 4H) out: dL/d(gate pre-activations); slot t+1 is read for the recurrence
-    dgh_ptr,   # unused by the LSTM (same as dgx)
     carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended (read for t < T-1)
     dc_ptr,    # (B, H) ACC: dL/dc_{t-1} out, read back as dL/dc_t by the next step
-    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
+    batch_sizes_ptr,     # (T,) int32 rows active at each step, or None
     t, T, B, H, K,
     HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr, HAS_DCN: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, \
-        carry_ptr, dc_ptr = member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr,
-                                            cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, carry_ptr, dc_ptr,
-                                            T, B, H, K, 4, 4)
+    G = 4 * H
+    dy_ptr, w_ptr, dgx_ptr, carry_ptr = bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B,
+                                                      G, H, K)
+    saved_ptr = member(saved_ptr, T * B, G)
+    c0_ptr = member(c0_ptr, B, H)
+    cs_ptr = member(cs_ptr, T * B, H)
+    if HAS_DCN:
+        dcn_ptr = member(dcn_ptr, B, H)
+    dc_ptr = member(dc_ptr, B, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    G = 4 * H
-    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if not PROJ:
-        if t + 1 < T:
-            dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
-            dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * G, w_ptr, rows, cols, mr, mc,
-                                  G, H, UPCAST, PRECISION, BLOCK_K)
+    if PROJ:   # dy is dL/dm_t, the recurrence included
+        dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
+    else:
+        dh = step_dh(dy_ptr, carry_ptr, dgx_ptr, w_ptr, t, T, B, rows, cols, mr, mc, G, H, ACC,
+                     UPCAST, PRECISION, BLOCK_K)
     if t + 1 < T:
         dc_in = load_tile(dc_ptr, rows, cols, H, mr, mc, ACC)
     elif HAS_DCN:

@@ -10,7 +10,7 @@ structures of ``kernels.layer``; a cell's kernels come as its ``CellKernels``.
 
 Members: every tensor may carry a leading dimension M (x (M, T, B, I), w_hh (M, G*H, K), ...):
 M independent recurrences of one shape, such as the two directions of a bidirectional layer,
-run in the same launches (a third grid axis, ``kernels.common.member_fwd_ptrs``), and the hoisted
+run in the same launches (a third grid axis, ``kernels.common.member``), and the hoisted
 GEMMs become batched GEMMs.  Stacked members take no projection.
 """
 import threading
@@ -19,7 +19,8 @@ import torch
 import triton
 
 from . import config, cuda_graph, persistent
-from .common import acc_dtype, bound_launch, check_dtype, dot_flags, step_tiles, tl_dtype
+from .common import (acc_dtype, bound_launch, check_dtype, dot_flags, launch_once, step_tiles,
+                     tl_dtype)
 from .layer import ALL, LayerBuffers, LayerGrads, StepGrads
 
 # Launch configurations by shape, dtype and the TF32 flag: computed once (host time per call).
@@ -146,14 +147,13 @@ def layer_forward(kern, inputs, tiles=None):
             y.copy_(b["h0"].unsqueeze(-3).expand(*lead, T, B, K))  # nothing evolves
             return
         m, xp = b.get("m"), b["xp"]
-        # the arguments bound once; each step changes t only (host time per step)
+        # the arguments bound once, each kernel taking the ones it reads; each step changes t
+        # only (host time per step)
         launch = bound_launch(kern.fwd, grid, dict(
-            xp_ptr=xp, x_ptr=w, w_ih_ptr=w, w_ptr=b["w"],
-            b_ih_ptr=b.get("b1", w), b_hh_ptr=b.get("b2", w), h0_ptr=b["h0"],
-            c0_ptr=b.get("c0", y), y_ptr=y, cs_ptr=b.get("cs", y), out_ptr=m if proj else y,
-            saved_ptr=b.get("saved", y),
-            batch_sizes_ptr=batch_sizes_dev if batch_sizes_dev is not None else y,
-            T=T, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
+            xp_ptr=xp, x_ptr=None, w_ih_ptr=None, w_ptr=b["w"], b_ih_ptr=b.get("b1"),
+            b_hh_ptr=b.get("b2"), h0_ptr=b["h0"], c0_ptr=b.get("c0"), y_ptr=y,
+            cs_ptr=b.get("cs"), out_ptr=m if proj else y, saved_ptr=b.get("saved"),
+            batch_sizes_ptr=batch_sizes_dev, T=T, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
             HAS_BATCH_SIZES=batch_sizes_dev is not None, PROJ=proj, FUSE_X=False, **meta,
             **kern.consts,
         ))
@@ -195,17 +195,16 @@ def _single_step(kern, inputs):
             grid = (*grid, lead[0])
         w = w_hh.contiguous()
         has_bias = b_ih is not None
-        # kernel[grid](...) without the lambda it returns: one frame and one merge less
-        kern.fwd.run(
-            grid=grid, warmup=False,
-            xp_ptr=w, x_ptr=x.contiguous(), w_ih_ptr=w_ih.contiguous(), w_ptr=w,
-            b_ih_ptr=b_ih.contiguous() if has_bias else w,
-            b_hh_ptr=b_hh.contiguous() if has_bias else w, h0_ptr=h0.contiguous(),
-            c0_ptr=c0.contiguous() if kern.has_cell else y, y_ptr=y,
-            cs_ptr=y if cs is None else cs, out_ptr=y, saved_ptr=y if saved is None else saved,
-            batch_sizes_ptr=y, t=0, T=1, B=B, H=H, K=K, I=I, HAS_BIAS=has_bias,
-            HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=True, **meta, **kern.consts,
-        )
+        # a dict display, not dict(...): one mapping built, not two (host time per step)
+        launch_once(kern.fwd, grid, {
+            "xp_ptr": None, "x_ptr": x.contiguous(), "w_ih_ptr": w_ih.contiguous(), "w_ptr": w,
+            "b_ih_ptr": b_ih.contiguous() if has_bias else None,
+            "b_hh_ptr": b_hh.contiguous() if has_bias else None, "h0_ptr": h0.contiguous(),
+            "c0_ptr": c0.contiguous() if kern.has_cell else None, "y_ptr": y, "cs_ptr": cs,
+            "out_ptr": y, "saved_ptr": saved, "batch_sizes_ptr": None, "t": 0, "T": 1, "B": B,
+            "H": H, "K": K, "I": I, "HAS_BIAS": has_bias, "HAS_BATCH_SIZES": False,
+            "PROJ": False, "FUSE_X": True, **meta, **kern.consts,
+        })
     return LayerBuffers(y, cs, saved, None)
 
 
@@ -455,9 +454,9 @@ def _single_step_backward(kern, inputs, buffers, dy, dcn):
         grid, meta, _ = _launch_config(B, H, max(K, GH), dt)
         if lead:
             grid = (*grid, lead[0])
-        # one launch: kernel.run without binding the arguments for a loop (bound_launch)
-        kern.bwd.run(grid=grid, warmup=False, t=0,
-                     **_bwd_step_args(kern, meta, b, (1, B, H, K), None))
+        args = _bwd_step_args(kern, meta, b, (1, B, H, K), None)
+        args["t"] = 0
+        launch_once(kern.bwd, grid, args)   # one launch: no binding for a loop (bound_launch)
     return StepGrads(b["dgx"], b.get("dgh", b["dgx"]), b["carry"], b.get("dc"), None)
 
 
@@ -469,20 +468,18 @@ def _bwd_step_launch(kern, launch_cfg, b, dims, rows):
 
 
 def _bwd_step_args(kern, meta, b, dims, rows):
-    """The backward step kernel's arguments but t over the buffers in ``b`` (absent ones: any
-    valid pointer), with ``meta`` from ``_launch_config``, ``dims`` (T, B, H, K) and ``rows``
-    the device batch sizes or None.  The projected LSTM's when ``b`` holds dL/dm."""
+    """The backward step kernels' arguments but t over the buffers in ``b`` (absent ones:
+    None; each kernel takes the ones it reads), with ``meta`` from ``_launch_config``, ``dims``
+    (T, B, H, K) and ``rows`` the device batch sizes or None.  The projected LSTM's when ``b``
+    holds dL/dm."""
     T, B, H, K = dims
     proj = "dm" in b
-    dgx = b["dgx"]
     return dict(
-        dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"],
-        saved_ptr=b.get("saved", dgx), h0_ptr=b["h0"], y_ptr=b["y"],
-        c0_ptr=b.get("c0", dgx), cs_ptr=b.get("cs", dgx), dcn_ptr=b.get("dcn", dgx),
-        dgx_ptr=dgx, dgh_ptr=b.get("dgh", dgx), carry_ptr=b["carry"],
-        dc_ptr=b.get("dc", b["carry"]), batch_sizes_ptr=dgx if rows is None else rows,
-        T=T, B=B, H=H, K=K, HAS_BATCH_SIZES=rows is not None, PROJ=proj,
-        HAS_DCN="dcn" in b, **meta, **kern.consts,
+        dy_ptr=b["dm"] if proj else b["dy"], w_ptr=b["w"], saved_ptr=b.get("saved"),
+        h0_ptr=b["h0"], y_ptr=b["y"], c0_ptr=b.get("c0"), cs_ptr=b.get("cs"),
+        dcn_ptr=b.get("dcn"), dgx_ptr=b["dgx"], dgh_ptr=b.get("dgh"), carry_ptr=b["carry"],
+        dc_ptr=b.get("dc"), batch_sizes_ptr=rows, T=T, B=B, H=H, K=K,
+        HAS_BATCH_SIZES=rows is not None, PROJ=proj, HAS_DCN="dcn" in b, **meta, **kern.consts,
     )
 
 

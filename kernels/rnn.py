@@ -3,8 +3,8 @@ A single step (FUSE_X) computes x W_ih^T in the same launch."""
 import triton
 import triton.language as tl
 
-from .common import (active_rows, add_rows_times_w, add_rows_times_wt, bias_pair, gate_input,
-                     load_tile, member_bwd_ptrs, member_fwd_ptrs, prev_ptr, store_tile, tanh,
+from .common import (active_rows, add_rows_times_wt, bias_pair, bwd_step_ptrs,
+                     fwd_step_ptrs, gate_input, load_tile, member, step_dh, store_tile, tanh,
                      tile_index)
 from .layer import CellKernels
 
@@ -41,75 +41,58 @@ def rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU: tl.constexpr, HAS_BATCH
 
 @triton.jit(do_not_specialize=["t"])
 def _rnn_fwd_step_kernel(
-    xp_ptr,    # (T, B, H) x_t W_ih^T (unless FUSE_X)
-    x_ptr,     # (B, I) the step's input (FUSE_X)
-    w_ih_ptr,  # (H, I) W_ih, row-major (FUSE_X)
+    xp_ptr,    # (T, B, H) x_t W_ih^T; None when FUSE_X
+    x_ptr,     # (B, I) the step's input when FUSE_X, else None
+    w_ih_ptr,  # (H, I) W_ih, row-major, when FUSE_X, else None
     w_ptr,     # (H, H) W_hh, row-major
-    b_ih_ptr,  # (H,) (read when HAS_BIAS)
-    b_hh_ptr,  # (H,) (read when HAS_BIAS)
+    b_ih_ptr,  # (H,), or None (then HAS_BIAS is False)
+    b_hh_ptr,  # (H,), or None with b_ih
     h0_ptr,    # (B, H) h_{-1}
-    c0_ptr,    # unused by the RNN (the uniform step signature)
-    y_ptr,     # (T, B, H) outputs h_t; slot t-1 is read as h_{t-1}
-    cs_ptr,    # unused by the RNN
-    out_ptr,   # (T, B, H) where h_t goes (y)
-    saved_ptr,  # unused: the backward pass needs only h_t
-    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
-    t, T, B, H, K, I,
-    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr,
-    FUSE_X: tl.constexpr,
+    y_ptr,     # (T, B, H) outputs h_t (written); slot t-1 is read as h_{t-1}
+    batch_sizes_ptr,     # (T,) int32 rows active at each step, or None
+    t, T, B, H, I,
+    HAS_BIAS: tl.constexpr, HAS_BATCH_SIZES: tl.constexpr, FUSE_X: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
-    xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr, c0_ptr, y_ptr, cs_ptr, out_ptr, \
-        saved_ptr = member_fwd_ptrs(xp_ptr, x_ptr, w_ih_ptr, w_ptr, b_ih_ptr, b_hh_ptr, h0_ptr,
-                                    c0_ptr, y_ptr, cs_ptr, out_ptr, saved_ptr, T, B, H, K, I,
-                                    1, 0)
+    w_ptr, h_prev, y_ptr = fwd_step_ptrs(w_ptr, h0_ptr, y_ptr, t, T, B, H, H)
+    if HAS_BIAS:
+        b_ih_ptr = member(b_ih_ptr, 1, H)
+        b_hh_ptr = member(b_hh_ptr, 1, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    h_prev = prev_ptr(t, h0_ptr, y_ptr, B, H)
-    acc = gate_input(xp_ptr + t64 * B * H, x_ptr, w_ih_ptr, rows, cols, mr, mc, H, I, FUSE_X,
+    acc = gate_input(xp_ptr, x_ptr, w_ih_ptr, t, T, B, rows, cols, mr, mc, H, I, FUSE_X,
                      ACC, UPCAST, PRECISION, BLOCK_B, BLOCK_H, BLOCK_K)
     acc = add_rows_times_wt(acc, h_prev, w_ptr, rows, cols, mr, mc, H, UPCAST, PRECISION, BLOCK_K)
     h = rnn_cell(acc, b_ih_ptr, b_hh_ptr, cols, mc, HAS_BIAS, RELU, ACC)
     if HAS_BATCH_SIZES:
         h = tl.where(active_rows(batch_sizes_ptr, t, rows), h,
                      load_tile(h_prev, rows, cols, H, mr, mc, ACC))
-    store_tile(out_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
+    store_tile(y_ptr + t64 * B * H, h, rows, cols, H, mr, mc)
 
 
 @triton.jit(do_not_specialize=["t"])
 def _rnn_bwd_step_kernel(
     dy_ptr,    # (T, B, H) dL/dh_t from the output
     w_ptr,     # (H, H) W_hh
-    saved_ptr,  # unused
-    h0_ptr,    # unused
     y_ptr,     # (T, B, H) h_t (slot t)
-    c0_ptr,    # unused
-    cs_ptr,    # unused
-    dcn_ptr,   # unused
     dgx_ptr,   # (T, B, H) out: dL/d(pre-activation); slot t+1 read back for the recurrence
-    dgh_ptr,   # unused (same as dgx)
     carry_ptr,  # (B, H) ACC: dL/dh passed through rows whose sequence has ended (read for t < T-1)
-    dc_ptr,    # unused
-    batch_sizes_ptr,     # (T,) int32 rows active at each step (HAS_BATCH_SIZES)
-    t, T, B, H, K,
-    HAS_BATCH_SIZES: tl.constexpr, PROJ: tl.constexpr, HAS_DCN: tl.constexpr,
+    batch_sizes_ptr,     # (T,) int32 rows active at each step, or None
+    t, T, B, H,
+    HAS_BATCH_SIZES: tl.constexpr,
     ACC: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     RELU: tl.constexpr,
 ):
-    dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr, cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, \
-        carry_ptr, dc_ptr = member_bwd_ptrs(dy_ptr, w_ptr, saved_ptr, h0_ptr, y_ptr, c0_ptr,
-                                            cs_ptr, dcn_ptr, dgx_ptr, dgh_ptr, carry_ptr, dc_ptr,
-                                            T, B, H, K, 1, 0)
+    dy_ptr, w_ptr, dgx_ptr, carry_ptr = bwd_step_ptrs(dy_ptr, w_ptr, dgx_ptr, carry_ptr, T, B,
+                                                      H, H, H)
+    y_ptr = member(y_ptr, T * B, H)
     rows, cols, mr, mc = tile_index(B, H, BLOCK_B, BLOCK_H)
     t64 = t.to(tl.int64)
-    dh = load_tile(dy_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
-    if t + 1 < T:
-        dh += load_tile(carry_ptr, rows, cols, H, mr, mc, ACC)
-        dh = add_rows_times_w(dh, dgx_ptr + (t64 + 1) * B * H, w_ptr, rows, cols, mr, mc,
-                              H, H, UPCAST, PRECISION, BLOCK_K)
+    dh = step_dh(dy_ptr, carry_ptr, dgx_ptr, w_ptr, t, T, B, rows, cols, mr, mc, H, H, ACC,
+                 UPCAST, PRECISION, BLOCK_K)
     h = load_tile(y_ptr + t64 * B * H, rows, cols, H, mr, mc, ACC)
     d, carry = rnn_cell_grad(dh, h, batch_sizes_ptr, t, rows, RELU, HAS_BATCH_SIZES)
     store_tile(dgx_ptr + t64 * B * H, d, rows, cols, H, mr, mc)

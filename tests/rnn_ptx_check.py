@@ -39,6 +39,18 @@ def compile_one(kernel, dtype, consts):
                    target=GPUTarget("cuda", 90, 32))
 
 
+def absent(fuse=False, lengths=True, dcn=True):
+    """The pointers a variant passes as None (constexpr None, as a launch binds them): the
+    hoisted projection of a fused step, the input and W_ih of a hoisted one, batch sizes of an
+    unpacked batch, dL/dc_{T-1} when not given."""
+    none = dict.fromkeys(("xp_ptr",) if fuse else ("x_ptr", "w_ih_ptr"))
+    if not lengths:
+        none["batch_sizes_ptr"] = None
+    if not dcn:
+        none["dcn_ptr"] = None
+    return none
+
+
 def variants():
     tiles = dict(ACC=tl.float32, BLOCK_B=16, BLOCK_H=32, BLOCK_K=32)
     for family, dtype in itertools.product(("lstm", "gru", "rnn"), (tl.float32, tl.bfloat16)):
@@ -52,21 +64,28 @@ def variants():
             if proj and family != "lstm":
                 continue
             yield (f"{family}-fwd-step-{dtype}-fuse{fuse}-len{lengths}-proj{proj}", fwd, dtype,
-                   dict(base, HAS_BIAS=True, HAS_BATCH_SIZES=lengths, PROJ=proj, FUSE_X=fuse))
+                   dict(base, HAS_BIAS=True, HAS_BATCH_SIZES=lengths, PROJ=proj, FUSE_X=fuse,
+                        **absent(fuse=fuse, lengths=lengths)))
         for lengths, proj, dcn in itertools.product((False, True), (False, True), (False, True)):
-            if proj and family != "lstm":
+            if (proj or dcn) and family != "lstm":   # only the LSTM takes dL/dc and W_hr
                 continue
             yield (f"{family}-bwd-step-{dtype}-len{lengths}-proj{proj}-dcn{dcn}", bwd, dtype,
-                   dict(base, HAS_BATCH_SIZES=lengths, PROJ=proj, HAS_DCN=dcn))
+                   dict(base, HAS_BATCH_SIZES=lengths, PROJ=proj, HAS_DCN=dcn,
+                        **absent(lengths=lengths, dcn=dcn)))
         if dtype == tl.float32:
             # Triton specializes an integer argument equal to 1 into a constant (B = 1: one
             # sequence; H = 1; T = 1: a cell step): a kernel must compile that way too.
             ones = dict(B=1, H=1, K=1, I=1)
-            for kind, kernel, flags in (("fwd-step", fwd, dict(HAS_BIAS=True, FUSE_X=True, T=1)),
-                                        ("bwd-step", bwd, dict(HAS_DCN=True, T=1))):
+            for kind, kernel, flags in (("fwd-step", fwd, dict(HAS_BIAS=True, FUSE_X=True, T=1,
+                                                               **absent(fuse=True))),
+                                        ("bwd-step", bwd, dict(HAS_DCN=True, T=1, **absent()))):
                 yield (f"{family}-{kind}-{dtype}-size1", kernel, dtype,
                        {**base, "HAS_BATCH_SIZES": False, "PROJ": False, "FUSE_X": False,
                         **flags, **ones})
+            # no biases: b_ih and b_hh are None
+            yield (f"{family}-fwd-step-{dtype}-nobias", fwd, dtype,
+                   dict(base, HAS_BIAS=False, HAS_BATCH_SIZES=False, PROJ=False, FUSE_X=False,
+                        b_ih_ptr=None, b_hh_ptr=None, **absent()))
 
 
 if __name__ == "__main__":

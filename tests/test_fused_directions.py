@@ -1,5 +1,5 @@
 """Both directions of a bidirectional layer in the same launches (FASTCELLS_DIRECTIONS=fused):
-the step kernels' member axis (kernels.common.member_fwd_ptrs), the batched hoisted GEMMs, and
+the step kernels' member axis (kernels.common.member), the batched hoisted GEMMs, and
 the fallbacks (reference math for create_graph, member by member under vmap), against torch.nn
 in float64.  Experimental: off by default until a GPU run has measured it (fastcells.experimental)."""
 import pytest

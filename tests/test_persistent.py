@@ -84,11 +84,11 @@ def triton_cdiv(a, b):
 
 def _run(kind, mode, monkeypatch, device, packed=False, dtype=torch.float64, switch=None,
          hidden=H):
-    """Outputs and gradients of a two-layer bidirectional ``kind`` under FASTCELLS_RECURRENCE
+    """Outputs and gradients of a bidirectional ``kind`` under FASTCELLS_RECURRENCE
     ``mode`` (``switch``: the schedule the backward runs, if another)."""
     monkeypatch.setenv("FASTCELLS_RECURRENCE", mode)
     _, fast = twins(KINDS, kind, I, hidden, backend="triton", device=device, dtype=dtype,
-                    num_layers=2, bidirectional=True)
+                    bidirectional=True)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(T, B, I, generator=g, dtype=torch.float64).to(device, dtype)
     x.requires_grad_()

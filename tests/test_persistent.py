@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+import triton
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastcells
@@ -73,13 +74,9 @@ def test_launches(kind, directions, members, forced, monkeypatch, device):
     x = torch.randn(T, B, I, dtype=torch.float64, device=device, requires_grad=True)
     fast(x)[0].sum().backward()
     per_layer = 1 if device == "cuda" else T
-    grid = (triton_cdiv(H, persistent.BLOCK_J), 1, members)
+    grid = (triton.cdiv(H, persistent.BLOCK_J), 1, members)
     for calls in forced.values():
         assert calls == [grid] * (per_layer * 2 // members)
-
-
-def triton_cdiv(a, b):
-    return -(-a // b)
 
 
 def _run(kind, mode, monkeypatch, device, packed=False, dtype=torch.float64, switch=None,
